@@ -1,0 +1,37 @@
+# blankfill: `make demo` and `make test` do their own set-up on a fresh machine.
+# TORCH_SPEC selects the torch build; users with GPUs: make test TORCH_SPEC="torch==2.13.0" TORCH_INDEX=...
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC)' | tr -c 'a-zA-Z0-9.\n' '_')
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+
+.PHONY: install test demo lint clean
+
+install: $(STAMP)
+
+# torch first and pinned, so nothing below pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m blankfill.demo
+
+lint: install
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,72 @@
+"""The ``blankfill`` command line: one argparse parser, one subcommand per capability.
+
+Each subcommand lives in the module named in ``COMMANDS``; that module defines
+``configure_parser(parser)`` and ``run(args) -> int``. Logging is configured here and nowhere else.
+Errors aimed at users (``ValueError`` and ``OSError`` subclasses) print one line and exit 2; set
+``BLANKFILL_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# name -> (module, one-line help). The single list of subcommands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("blankfill.info", "show a model preset or model folder: config and parameter count"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blankfill",
+        description="GLM: pretraining with autoregressive blank infilling, fine-tuning, filling.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod = importlib.import_module(module)
+        mod.configure_parser(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+class _RankZeroFilter(logging.Filter):
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.rank == 0 or record.levelno >= logging.WARNING
+
+
+def setup_logging(verbose: bool = False, rank: int = 0) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(_RankZeroFilter(rank))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, int(os.environ.get("RANK", "0")))
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:
+        if os.environ.get("BLANKFILL_DEBUG"):
+            raise
+        print(f"blankfill {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

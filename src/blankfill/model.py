@@ -1,0 +1,363 @@
+"""THE GLM model (Du et al., ACL 2022), read top to bottom.
+
+Axis legend used in every shape comment:
+    B  batch            T  query tokens (this call)     S  key tokens (cache + this call)
+    H  heads            Dh head dim                      D  hidden size (h)
+    V  vocabulary (padded to a multiple of 128)          L  layers
+
+Vocabulary of the paper: a text is corrupted into **Part A** (the text with each span replaced by
+one mask token) followed by **Part B** (the spans, each opened by [sop]). ``context_len`` (the
+official ``sep``) is |Part A|: Part A attends to all of Part A; Part B attends to all of Part A and
+causally to itself (GLM §2.2). Each token carries two position ids (GLM §2.3): channel 0 is the
+position in Part A (a Part-B token takes its span's mask position), channel 1 the block position
+(0 in Part A, 1..len+1 inside a span).
+
+The module tree and parameter names equal the official checkpoint keys (spec §1.1), so official
+weights load with no renaming. The model knows nothing of devices, DDP or FSDP, and has no loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+# The official masking constant (spec §1.3): masked scores are *replaced* by -65504 (the fp16
+# minimum), so a fully masked row becomes uniform attention instead of NaN.
+MASKED_SCORE = -65504.0
+
+
+# --------------------------------------------------------------------------------------------
+# Attention mask
+# --------------------------------------------------------------------------------------------
+
+
+def build_attention_mask(
+    context_len: torch.Tensor | int | None, T: int, S: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """The GLM mask from a per-sample context length: True where query i may attend to key j.
+
+    Queries are the last ``T`` of the ``S`` key positions (the first ``S - T`` are cached). Key j is
+    visible to query i (absolute index ``S - T + i``) iff ``j < context_len`` (Part A, seen by all)
+    or ``j <= S - T + i`` (causal). ``context_len`` None or 0 gives a fully causal mask.
+
+    Args:
+        context_len: int or LongTensor [B], |Part A| per sample (the official ``sep``).
+        T: number of query tokens.
+        S: number of key tokens (cached + new).
+
+    Returns:
+        Bool tensor [B or 1, 1, T, S].
+    """
+    q = torch.arange(S - T, S, device=device).view(T, 1)  # [T, 1] absolute query positions
+    k = torch.arange(S, device=device).view(1, S)  # [1, S]
+    causal = k <= q  # [T, S]
+    if context_len is None:
+        return causal.view(1, 1, T, S)
+    sep = torch.as_tensor(context_len, device=device).view(-1, 1, 1, 1)  # [B, 1, 1, 1]
+    return causal.view(1, 1, T, S) | (k.view(1, 1, 1, S) < sep)  # [B, 1, T, S]
+
+
+# --------------------------------------------------------------------------------------------
+# Key/value cache
+# --------------------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Per-layer keys and values [B, H, S, Dh] in preallocated buffers, for incremental decoding.
+
+    Unlike the official hidden-state "mems" (spec §1.8), this stores each layer's K and V, so a
+    decoding step costs one token's projections. The model appends to it in place and advances
+    ``length`` once per forward.
+    """
+
+    def __init__(self, num_layers: int, capacity: int = 0) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.length = 0
+        self.capacity = capacity
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def batch_size(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[0]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Write this call's K, V [B, H, T, Dh] after the cached ones; return all [B, H, S, Dh]."""
+        T, end = k.shape[2], self.length + k.shape[2]
+        buf_k, buf_v = self.keys[layer], self.values[layer]
+        if buf_k is None or buf_k.shape[2] < end:
+            cap = max(end, self.capacity, 2 * (0 if buf_k is None else buf_k.shape[2]))
+            new_k = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
+            new_v = v.new_empty(new_k.shape)
+            if buf_k is not None:
+                new_k[:, :, : self.length] = buf_k[:, :, : self.length]
+                new_v[:, :, : self.length] = buf_v[:, :, : self.length]
+            self.keys[layer], self.values[layer] = buf_k, buf_v = new_k, new_v
+        buf_k[:, :, self.length : end] = k
+        buf_v[:, :, self.length : end] = v
+        assert T > 0, "update needs at least one token"
+        return buf_k[:, :, :end], buf_v[:, :, :end]
+
+    def advance(self, T: int) -> None:
+        self.length += T
+
+    def index_select(self, index: torch.Tensor) -> KVCache:
+        """A new cache whose batch rows are ``index`` (beam reordering, expanding a shared Part A)."""
+        out = KVCache(len(self.keys), self.capacity)
+        out.length = self.length
+        out.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
+        out.values = [None if v is None else v.index_select(0, index) for v in self.values]
+        return out
+
+    def truncate(self, length: int) -> None:
+        """Forget everything after ``length`` tokens (e.g. to decode another span from Part A)."""
+        assert 0 <= length <= self.length, f"cannot truncate a cache of {self.length} to {length}"
+        self.length = length
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with fused QKV, rows laid out [Q; K; V] (spec §1.1)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.query_key_value = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.attention_dropout = nn.Dropout(cfg.attention_dropout_prob)
+        self.output_dropout = nn.Dropout(cfg.output_dropout_prob)
+        self.eager = cfg.attention == "eager"
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        B, T, D = x.shape
+        qkv = self.query_key_value(x)  # [B, T, 3D]
+        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).unbind(2)  # 3 x [B, T, H, Dh]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, Dh]
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # [B, H, S, Dh]
+        S = k.shape[2]
+        if self.eager:
+            # The official arithmetic: scores with masked entries replaced by -65504, then softmax.
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # [B, H, T, S]
+            if mask is not None:
+                scores = scores.masked_fill(~mask, MASKED_SCORE)
+            elif T > 1:
+                scores = scores.masked_fill(~build_attention_mask(None, T, S, x.device), MASKED_SCORE)
+            probs = self.attention_dropout(torch.softmax(scores, dim=-1))
+            out = probs @ v  # [B, H, T, Dh]
+        else:
+            p = self.attention_dropout.p if self.training else 0.0
+            if mask is None:
+                # No explicit mask: fully causal. With a cache, T == 1 sees every key anyway.
+                causal = T > 1
+                if causal and S != T:
+                    mask, causal = build_attention_mask(None, T, S, x.device), False
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+            else:
+                # A fully masked row (batch padding) would be NaN in SDPA; let it see every key.
+                # Only such rows differ from the eager path (uniform there), and no loss uses them.
+                mask = mask | ~mask.any(dim=-1, keepdim=True)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        out = out.transpose(1, 2).reshape(B, T, D)  # [B, T, D]
+        return self.output_dropout(self.dense(out))
+
+
+class MLP(nn.Module):
+    """4h feed-forward with GeLU (tanh approximation in the official code, erf in the hub port)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(cfg.hidden_size, 4 * cfg.hidden_size)
+        self.dense_4h_to_h = nn.Linear(4 * cfg.hidden_size, cfg.hidden_size)
+        self.dropout = nn.Dropout(cfg.output_dropout_prob)
+        self.approximate = "tanh" if cfg.gelu == "tanh" else "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.dense_h_to_4h(x), approximate=self.approximate)  # [B, T, 4D]
+        return self.dropout(self.dense_4h_to_h(h))
+
+
+class Block(nn.Module):
+    """Pre-LN Transformer block (the paper's rearranged LayerNorm order, spec §1.4)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+        self.attention = SelfAttention(cfg)
+        self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, kv_cache: KVCache | None, layer: int
+    ) -> torch.Tensor:
+        x = x + self.attention(self.input_layernorm(x), mask, kv_cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """Position tables, the blocks and the final LayerNorm (official ``transformer.*`` keys)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.position_embeddings = nn.Embedding(cfg.position_rows, cfg.hidden_size)
+        if cfg.block_position_encoding:
+            self.block_position_embeddings = nn.Embedding(cfg.position_rows, cfg.hidden_size)
+        self.embedding_dropout = nn.Dropout(cfg.embedding_dropout_prob)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+
+
+# --------------------------------------------------------------------------------------------
+# GLM
+# --------------------------------------------------------------------------------------------
+
+
+class GLM(nn.Module):
+    """GLM: word + position + block-position embeddings, pre-LN blocks, tied output layer.
+
+    Call ``model(input_ids, position_ids=None, context_len=None, attention_mask=None,
+    kv_cache=None)`` for logits [B, T, V]. ``model.hidden(...)`` gives the final-LayerNorm states
+    [B, T, D] (a classifier head, or logits on selected rows only via ``model.logits``).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.transformer = Transformer(cfg)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The official initialisation (spec §1.7)."""
+        std = self.config.initializer_range
+        out_std = std / math.sqrt(2.0 * self.config.num_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight"):
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            elif name.endswith(("attention.dense.weight", "dense_4h_to_h.weight")):
+                p.normal_(0.0, out_std)
+            else:
+                p.normal_(0.0, std)
+
+    def new_kv_cache(self, capacity: int = 0) -> KVCache:
+        """An empty cache; ``capacity`` preallocates that many positions per layer."""
+        return KVCache(self.config.num_layers, capacity)
+
+    def _positions(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, offset: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T = input_ids.shape
+        if position_ids is None:
+            pos = torch.arange(offset, offset + T, device=input_ids.device).expand(B, T)
+            # Block position 0 still adds its embedding row (the hub port's default, spec §1.9).
+            return pos, torch.zeros_like(pos) if self.config.block_position_encoding else None
+        if position_ids.dim() == 2:
+            if self.config.block_position_encoding:
+                raise ValueError(
+                    "position_ids of shape [B, T] given to a model with 2D positions; pass "
+                    "[B, 2, T] (channel 0: position, channel 1: block position)"
+                )
+            return position_ids, None
+        if position_ids.dim() != 3 or position_ids.shape[1] != 2 or position_ids.shape[2] != T:
+            raise ValueError(
+                f"position_ids must be [B, 2, T] = [{B}, 2, {T}], got {tuple(position_ids.shape)}"
+            )
+        block = position_ids[:, 1] if self.config.block_position_encoding else None
+        return position_ids[:, 0], block
+
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        context_len: torch.Tensor | int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Final-LayerNorm hidden states [B, T, D]; arguments as in ``forward``."""
+        B, T = input_ids.shape
+        offset = 0 if kv_cache is None else kv_cache.length
+        S = offset + T
+        pos, block = self._positions(input_ids, position_ids, offset)
+        rows = self.config.position_rows
+        if T and (int(pos.max()) >= rows or int(pos.min()) < 0):
+            raise ValueError(
+                f"position id {int(pos.max())} is outside the model's {rows} positions "
+                f"(max_sequence_length={self.config.max_sequence_length}); shorten the input"
+            )
+        x = self.word_embeddings(input_ids) + self.transformer.position_embeddings(pos)  # [B,T,D]
+        if block is not None:
+            x = x + self.transformer.block_position_embeddings(block)
+        x = self.transformer.embedding_dropout(x)
+
+        if attention_mask is not None:
+            if attention_mask.dim() != 4 or attention_mask.shape[-2] != T or attention_mask.shape[-1] < S:
+                raise ValueError(
+                    f"attention_mask must be [B, 1, T, S] with T={T} and S>={S}, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            mask = attention_mask[..., -S:].bool()  # only the last S key columns count (spec §1.3)
+        elif context_len is not None:
+            mask = build_attention_mask(context_len, T, S, input_ids.device)
+        else:
+            mask = None  # fully causal (the hub port's default); built lazily in attention
+        for i, layer in enumerate(self.transformer.layers):
+            x = layer(x, mask, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.transformer.final_layernorm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The single output layer tied to the word embeddings, no bias (spec §1.5): [..., V]."""
+        return F.linear(hidden, self.word_embeddings.weight)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        context_len: torch.Tensor | int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, T, V].
+
+        Args:
+            input_ids: LongTensor [B, T].
+            position_ids: LongTensor [B, 2, T] (position, block position), or [B, T] for a model
+                with 1D positions. None: ``offset..offset+T-1`` and block position 0, where offset
+                is the cache length.
+            context_len: int or LongTensor [B]: |Part A| per sample (official ``sep``). With a cache,
+                it counts from the first cached token.
+            attention_mask: bool/0-1 tensor [B, 1, T, S'] with S' >= S (cache + T); the last S key
+                columns are used. Takes precedence over ``context_len``.
+            kv_cache: a ``KVCache`` extended in place with this call's keys and values.
+
+        With neither ``context_len`` nor ``attention_mask`` attention is fully causal.
+        """
+        return self.logits(self.hidden(input_ids, position_ids, context_len, attention_mask, kv_cache))
+
+
+def count_parameters(cfg: ModelConfig) -> int:
+    """Parameters of a model of ``cfg``, counted on the meta device without allocating."""
+    with torch.device("meta"):
+        model = GLM(cfg)
+    return sum(p.numel() for p in model.parameters())
