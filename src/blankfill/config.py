@@ -365,6 +365,69 @@ def read_model_config(path: str | Path, **overrides: Any) -> ModelConfig:
     return cfg.replace(**overrides) if overrides else cfg
 
 
+# --------------------------------------------------------------------------------------------
+# Data: corruption (blank infilling) and batching. Owned by blankfill.data; fields may grow.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorruptConfig:
+    """How a text becomes Part A + Part B (GLM §2.1, spec §3). Defaults follow the paper."""
+
+    mask_ratio: float = 0.15  # token level: fraction of tokens in [MASK] spans
+    poisson_lambda: float = 3.0  # token level: span lengths ~ Poisson(lambda)
+    max_span_length: int = 40  # token level: span lengths truncated to [1, max_span_length)
+    sentence_ratio: float = 0.15  # sentence level: fraction of tokens in whole [sMASK] sentences
+    document_min_ratio: float = 0.5  # document level: one [gMASK] span of 50-100% of the text
+    document_suffix_prob: float = 0.5  # document level: chance of the suffix (generation) form
+    token_prob: float = 1.0  # objective mix: probability of the token-level objective
+    sentence_prob: float = 0.0  # ... of the sentence-level objective
+    document_prob: float = 0.0  # ... of the document-level objective
+    mix_per: Literal["sample", "batch"] = "sample"  # choose the objective per sample or batch
+    shuffle_spans: bool = True  # Part B in a random span order (GLM §2.1); False: text order
+    block_positions: bool = True  # 2D positions; False: 1D ablation (Part B numbered onward)
+
+    def __post_init__(self) -> None:
+        for name in ("mask_ratio", "sentence_ratio"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"corrupt.{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.poisson_lambda <= 0:
+            raise ValueError("corrupt.poisson_lambda must be > 0")
+        if self.max_span_length < 2:
+            raise ValueError("corrupt.max_span_length must be >= 2")
+        if not 0.0 < self.document_min_ratio <= 1.0:
+            raise ValueError("corrupt.document_min_ratio must be in (0, 1]")
+        probs = (self.token_prob, self.sentence_prob, self.document_prob)
+        if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
+            raise ValueError(
+                "corrupt.token_prob + corrupt.sentence_prob + corrupt.document_prob must be 1 "
+                f"(each >= 0), got {probs}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where samples come from and how they are batched."""
+
+    store: str = ""  # folder written by `blankfill prepare`
+    seq_len: int = 512  # tokens of original text per sample (rows grow by 2 per span)
+    batch_size: int = 16  # samples per micro-batch on each rank
+    layout: Literal["pad", "pack"] = "pad"  # one sample per row, or several packed per row
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 1234  # the sample stream depends on (seed, epoch, sample index) only
+    valid_fraction: float = 0.0  # documents held out for validation (by document)
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 8:
+            raise ValueError("data.seq_len must be >= 8")
+        if self.batch_size < 1:
+            raise ValueError("data.batch_size must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError("data.num_workers must be >= 0")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError("data.valid_fraction must be in [0, 1)")
+
+
 def pad_vocab(n: int, multiple: int = 128) -> int:
     """Round a vocabulary size up to a multiple (official ``--make-vocab-size-divisible-by``)."""
     return int(math.ceil(n / multiple) * multiple)
@@ -372,6 +435,8 @@ def pad_vocab(n: int, multiple: int = 128) -> int:
 
 __all__ = [
     "ConfigError",
+    "CorruptConfig",
+    "DataConfig",
     "ModelConfig",
     "PRESETS",
     "apply_overrides",
