@@ -428,6 +428,53 @@ class DataConfig:
             raise ValueError("data.valid_fraction must be in [0, 1)")
 
 
+# --------------------------------------------------------------------------------------------
+# Decoding (blank filling, spec §4.2 and §4.4)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodingConfig:
+    """How each blank is decoded. Defaults: greedy, up to 64 tokens per blank."""
+
+    strategy: Literal["greedy", "sample", "beam"] = "greedy"  # how the next token is chosen
+    max_new_tokens: int | None = None  # per blank, [eop] included (HF); None: 64 or model limit
+    min_length: int = 0  # [eop] is banned until a fill has this many tokens
+    temperature: float = 1.0  # sample: logits are divided by this
+    top_k: int = 0  # sample: keep the k most likely tokens (0 = all)
+    top_p: float = 1.0  # sample: keep the smallest set with this much probability (nucleus)
+    num_beams: int = 4  # beam: hypotheses kept per prompt
+    length_penalty: float = 1.0  # beam: hypothesis score = sum log-prob / length**length_penalty
+    no_repeat_ngram_size: int = 0  # no n-gram of this size repeats inside a fill (0 = off)
+    repetition_penalty: float = 1.0  # CTRL penalty on tokens already in the fill (1 = off)
+    seed: int | None = None  # sample: seed of the torch.Generator (None = fresh randomness)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"decoding.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.min_length < 0 or self.min_length > (self.max_new_tokens or self.min_length):
+            raise ValueError(
+                f"decoding.min_length must be in [0, max_new_tokens={self.max_new_tokens}], "
+                f"got {self.min_length}"
+            )
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"decoding.temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"decoding.top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"decoding.top_p must be in (0, 1], got {self.top_p}")
+        if self.num_beams < 1:
+            raise ValueError(f"decoding.num_beams must be >= 1, got {self.num_beams}")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError("decoding.length_penalty must be a finite number")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError("decoding.no_repeat_ngram_size must be >= 0 (0 = off)")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise ValueError(
+                f"decoding.repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}"
+            )
+
+
 def pad_vocab(n: int, multiple: int = 128) -> int:
     """Round a vocabulary size up to a multiple (official ``--make-vocab-size-divisible-by``)."""
     return int(math.ceil(n / multiple) * multiple)
@@ -437,6 +484,7 @@ __all__ = [
     "ConfigError",
     "CorruptConfig",
     "DataConfig",
+    "DecodingConfig",
     "ModelConfig",
     "PRESETS",
     "apply_overrides",

@@ -1,0 +1,555 @@
+"""Blank filling: decode every blank of a prompt, left to right, with the KV cache (spec §4.4).
+
+Words used here (one meaning each, style §3.6):
+    prompt   Part A: token ids containing one or more blanks ([MASK] short span, [sMASK] sentence,
+             [gMASK] long continuation).
+    blank    one blank token; blank ``j`` sits at Part-A index ``m_j``.
+    fill     the tokens generated for one blank (without its [sop] and [eop]).
+
+Semantics (the official ``generate_samples.py``): Part A is encoded once with ``context_len =
+|Part A|``. Each blank, left to right, is decoded as a span of Part B: [sop] at (position ``m_j``,
+block position 1), then every generated token at (``m_j``, 2, 3, ...) until [eop] (or another stop
+id). Fills stay in the cache, so a later blank sees the earlier fills; [eop] itself is never fed.
+
+Batching: prompts are right-padded; padded key slots are tracked in ``valid`` [N, capacity] and
+hidden from queries with an explicit mask. A batch without padding decodes with no mask at all.
+All prompts decode their j-th blank in the same *round*; a row that ends early feeds [pad].
+
+Beam search (HF ``BeamSearchScorer`` semantics, ``do_early_stopping=False``, spec §4.2): each step
+keeps the best ``2·num_beams`` candidates over beams × vocabulary; a candidate ending in [eop] of
+rank < num_beams becomes a finished hypothesis scored ``sum log-prob / n**length_penalty``, where
+``n`` counts the scored tokens ([eop] included). A prompt is done when it holds ``num_beams``
+hypotheses and the best running candidate, at the current length, cannot beat the worst of them.
+At ``max_new_tokens`` the running beams join the hypotheses. Before the next blank the best fill
+is re-encoded after the shared [sop] (the beams' own cache rows are discarded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config import DecodingConfig, from_dict
+from .model import GLM, KVCache, build_attention_mask
+
+DEFAULT_MAX_NEW_TOKENS = 64  # per blank, when decoding.max_new_tokens is None
+
+# --------------------------------------------------------------------------------------------
+# Logit filters: pure functions (logits [N, V], fill so far [N, t], settings, stop ids) -> logits
+# --------------------------------------------------------------------------------------------
+
+LogitFilter = Callable[[torch.Tensor, torch.Tensor, DecodingConfig, torch.Tensor], torch.Tensor]
+
+
+def repetition_penalty(logits, fill, cfg, stop):  # noqa: ANN001 - signature of LogitFilter
+    """CTRL penalty (Keskar et al. 2019): divide positive / multiply negative seen-token logits."""
+    if fill.shape[1] == 0:
+        return logits
+    seen = logits.gather(1, fill)  # [N, t]
+    p = cfg.repetition_penalty
+    return logits.scatter(1, fill, torch.where(seen > 0, seen / p, seen * p))
+
+
+def no_repeat_ngram(logits, fill, cfg, stop):  # noqa: ANN001
+    """Ban every token that would complete an n-gram already present in the fill."""
+    n, t = cfg.no_repeat_ngram_size, fill.shape[1]
+    if t + 1 < n:
+        return logits
+    banned = torch.zeros_like(logits, dtype=torch.bool)
+    for row, seq in enumerate(fill.tolist()):
+        prefix = tuple(seq[t - n + 1 :]) if n > 1 else ()
+        for i in range(t - n + 1):
+            if tuple(seq[i : i + n - 1]) == prefix:
+                banned[row, seq[i + n - 1]] = True
+    return logits.masked_fill(banned, float("-inf"))
+
+
+def min_length(logits, fill, cfg, stop):  # noqa: ANN001
+    """Ban the stop ids until the fill holds ``min_length`` tokens."""
+    if fill.shape[1] >= cfg.min_length:
+        return logits
+    return logits.index_fill(1, stop, float("-inf"))
+
+
+def temperature(logits, fill, cfg, stop):  # noqa: ANN001
+    return logits / cfg.temperature
+
+
+def top_k(logits, fill, cfg, stop):  # noqa: ANN001
+    """Keep the ``top_k`` largest logits of each row."""
+    k = min(cfg.top_k, logits.shape[-1])
+    kth = logits.topk(k, dim=-1).values[:, -1:]  # [N, 1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p(logits, fill, cfg, stop):  # noqa: ANN001
+    """Nucleus filter (Holtzman et al. 2020): the smallest set holding ``top_p`` of the mass."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs > cfg.top_p  # mass before the token already exceeds p
+    return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+
+
+#: name -> filter. Processors shape every strategy's scores; warpers only sampling's.
+FILTERS: dict[str, LogitFilter] = {
+    "repetition_penalty": repetition_penalty,
+    "no_repeat_ngram": no_repeat_ngram,
+    "min_length": min_length,
+    "temperature": temperature,
+    "top_k": top_k,
+    "top_p": top_p,
+}
+
+
+def active_filters(cfg: DecodingConfig) -> tuple[list[LogitFilter], list[LogitFilter]]:
+    """(processors, warpers) that change anything under ``cfg``, in application order."""
+    on = {
+        "repetition_penalty": cfg.repetition_penalty != 1.0,
+        "no_repeat_ngram": cfg.no_repeat_ngram_size > 0,
+        "min_length": cfg.min_length > 0,
+        "temperature": cfg.strategy == "sample" and cfg.temperature != 1.0,
+        "top_k": cfg.strategy == "sample" and cfg.top_k > 0,
+        "top_p": cfg.strategy == "sample" and cfg.top_p < 1.0,
+    }
+    names = [n for n in FILTERS if on[n]]
+    procs = [
+        FILTERS[n] for n in names if n in ("repetition_penalty", "no_repeat_ngram", "min_length")
+    ]
+    warps = [FILTERS[n] for n in names if n in ("temperature", "top_k", "top_p")]
+    return procs, warps
+
+
+# --------------------------------------------------------------------------------------------
+# Special ids and results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class InfillIds:
+    """The special ids blank filling needs (``InfillIds.from_tokenizer`` reads a tokenizer)."""
+
+    blanks: tuple[int, ...]  # ids of the blank tokens ([MASK], [sMASK], [gMASK])
+    sop: int  # opens each span (<|startofpiece|>)
+    eop: int  # closes each span (<|endofpiece|>)
+    pad: int  # fed by rows that have nothing to feed
+    stop: tuple[int, ...] = ()  # further ids that end a fill (the official code also stops at eos)
+    banned: tuple[int, ...] = ()  # never generated (blank ids, [CLS], vocabulary padding rows)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> InfillIds:
+        s = tokenizer.special
+        specials = {s.pad, s.cls, s.sop, *tokenizer.mask_ids} - {s.eos, s.eop}
+        padding = range(tokenizer.vocab_size, tokenizer.padded_vocab_size)
+        return cls(
+            blanks=tuple(tokenizer.mask_ids),
+            sop=s.sop,
+            eop=s.eop,
+            pad=s.pad,
+            stop=(s.eos,) if s.eos not in (s.eop, s.pad) else (),
+            banned=tuple(sorted(specials | set(padding))),
+        )
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return (self.eop, *self.stop)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fill:
+    """What one blank was filled with."""
+
+    blank: int  # which blank of the prompt, 0-based, left to right
+    position: int  # the blank's index in Part A
+    token_ids: tuple[int, ...]  # the fill, without [sop] / [eop]
+    logprobs: tuple[float, ...]  # the model's log-probability of each token of ``token_ids``
+    ended: bool  # True: closed by [eop] (or a stop id); False: cut at max_new_tokens
+    end_logprob: float | None = None  # log-probability of the closing [eop], if ``ended``
+    text: str = ""  # the decoded fill (text API only)
+
+    @property
+    def logprob(self) -> float:
+        """Total log-probability of the fill, its [eop] included."""
+        return sum(self.logprobs) + (self.end_logprob or 0.0)
+
+
+def decoding_config(decoding: DecodingConfig | None = None, **overrides: Any) -> DecodingConfig:
+    """``decoding`` with ``overrides`` applied; an unknown or invalid setting is a ValueError."""
+    base = dataclasses.asdict(decoding) if decoding is not None else {}
+    return from_dict(DecodingConfig, {**base, **overrides}, prefix="decoding.")
+
+
+# --------------------------------------------------------------------------------------------
+# The decoder: one cache, rows of prompts, blanks decoded round by round
+# --------------------------------------------------------------------------------------------
+
+
+class _Decoder:
+    """Holds the cache and the key-validity mask of one ``generate`` call."""
+
+    def __init__(self, model: GLM, ids: InfillIds, cfg: DecodingConfig, capacity: int) -> None:
+        self.model, self.ids, self.cfg = model, ids, cfg
+        self.device = model.word_embeddings.weight.device
+        self.cache: KVCache = model.new_kv_cache(capacity)
+        self.valid: torch.Tensor | None = None  # [N, capacity] bool: key slot holds a real token
+        self.all_valid = True  # no padded key so far: decode without a mask
+        self.stop = torch.tensor(ids.stop_ids, device=self.device)
+        self.bias: torch.Tensor | None = None
+        if ids.banned:
+            self.bias = torch.zeros(model.config.vocab_size, device=self.device)
+            self.bias[list(ids.banned)] = float("-inf")
+
+    def prefill(self, prompts: list[list[int]], first_blank: list[int]) -> torch.Tensor:
+        """Encode Part A of every row plus the first [sop]; logits [B, V] after that [sop]."""
+        B, lens = len(prompts), [len(p) for p in prompts]
+        T = max(lens) + 1
+        tokens = torch.full((B, T), self.ids.pad, dtype=torch.long)
+        pos = torch.zeros(B, 2, T, dtype=torch.long)
+        for b, p in enumerate(prompts):
+            tokens[b, : lens[b]] = torch.tensor(p)
+            tokens[b, lens[b]] = self.ids.sop
+            pos[b, 0, : lens[b]] = torch.arange(lens[b])
+            pos[b, :, lens[b]] = torch.tensor([first_blank[b], 1])
+        lens_t = torch.tensor(lens, device=self.device)
+        self.valid = torch.ones(B, self.cache.capacity, dtype=torch.bool, device=self.device)
+        self.valid[:, :T] = torch.arange(T, device=self.device) <= lens_t[:, None]
+        self.all_valid = len(set(lens)) == 1
+        sep = lens[0] if self.all_valid else lens_t  # a uniform batch needs no per-row mask
+        h = self.model.hidden(
+            tokens.to(self.device), pos.to(self.device), context_len=sep, kv_cache=self.cache
+        )  # [B, T, D]
+        return self.model.logits(h[torch.arange(B, device=self.device), lens_t])  # [B, V]
+
+    def feed(
+        self, tokens: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Append tokens [N, T] at positions [N, 2, T]; ``valid`` [N, T] marks the real ones.
+
+        Returns the last position's hidden states [N, D].
+        """
+        start, T = self.cache.length, tokens.shape[1]
+        S = start + T
+        if valid is None:
+            self.valid[:, start:S] = True
+        else:
+            self.valid[:, start:S] = valid
+            self.all_valid = self.all_valid and bool(valid.all())
+        mask = None
+        if not self.all_valid:
+            mask = self.valid[:, None, None, :S]  # [N, 1, 1, S]
+            if T > 1:
+                mask = mask & build_attention_mask(None, T, S, self.device)
+        h = self.model.hidden(tokens, pos, attention_mask=mask, kv_cache=self.cache)
+        return h[:, -1]
+
+    def step(
+        self, tokens: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Feed one token per row (tokens [N], pos [N, 2, 1]); logits [N, V]."""
+        return self.model.logits(
+            self.feed(tokens[:, None], pos, None if valid is None else valid[:, None])
+        )
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Cache rows become ``index`` (a new batch size: expanding to or collapsing beams)."""
+        self.cache = self.cache.index_select(index)
+        self.valid = self.valid.index_select(0, index)
+
+    def reorder_(self, index: torch.Tensor) -> None:
+        """Beam reordering in place, copying only the used prefix of each layer's buffers."""
+        n = self.cache.length
+        for bufs in (self.cache.keys, self.cache.values):
+            for buf in bufs:
+                buf[:, :, :n] = buf[index, :, :n]
+
+    def truncate(self, length: int) -> None:
+        self.cache.truncate(length)
+        self.all_valid = bool(self.valid[:, :length].all())
+
+    def scores(self, logits: torch.Tensor, fill: torch.Tensor, procs: list) -> torch.Tensor:
+        if self.bias is not None:
+            logits = logits + self.bias
+        for f in procs:
+            logits = f(logits, fill, self.cfg, self.stop)
+        return logits
+
+
+def _positions(blank_pos: torch.Tensor, block: int) -> torch.Tensor:
+    """Position ids [N, 2, 1] of a Part-B token: (the blank's index, block position)."""
+    return torch.stack([blank_pos, torch.full_like(blank_pos, block)], 1)[:, :, None]
+
+
+def _sample_round(
+    dec: _Decoder,
+    logits: torch.Tensor,
+    blank_pos: torch.Tensor,
+    active: torch.Tensor,
+    later: torch.Tensor,
+    generator: torch.Generator | None,
+    on_token: Callable[[int, list[int]], None] | None,
+) -> list[Fill | None]:
+    """Greedy or sampled decoding of one blank for every active row (logits [B, V] after [sop])."""
+    cfg, pad = dec.cfg, dec.ids.pad
+    procs, warps = active_filters(cfg)
+    B, M = logits.shape[0], cfg.max_new_tokens
+    gen = torch.full((B, M), pad, dtype=torch.long, device=dec.device)  # [B, M]
+    logps = torch.zeros(B, M, device=dec.device)
+    finished, ended = ~active, torch.zeros_like(active)
+    count = torch.zeros(B, dtype=torch.long, device=dec.device)  # fill tokens per row
+    end_lp = torch.zeros(B, device=dec.device)
+    for t in range(M):
+        scores = dec.scores(logits, gen[:, :t], procs)
+        if cfg.strategy == "greedy":
+            tok = scores.argmax(-1)  # [B]
+        else:
+            for f in warps:
+                scores = f(scores, gen[:, :t], cfg, dec.stop)
+            tok = torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
+        lp = logits.gather(1, tok[:, None])[:, 0] - logits.logsumexp(-1)  # model log-prob
+        is_end = torch.isin(tok, dec.stop) & ~finished
+        ended |= is_end
+        end_lp = torch.where(is_end, lp, end_lp)
+        going = ~finished & ~is_end
+        gen[:, t] = torch.where(going, tok, pad)
+        logps[:, t] = lp
+        count += going
+        finished = finished | is_end
+        if on_token is not None:
+            for b in going.nonzero()[:, 0].tolist():
+                on_token(b, [int(gen[b, t])])
+        if t == M - 1 or bool(finished.all()):
+            break
+        # Rows without a later blank may feed anything: keep their slots valid (no mask needed).
+        logits = dec.step(
+            torch.where(going, tok, pad), _positions(blank_pos, t + 2), going | ~later
+        )
+    # A fill cut at max_new_tokens has an unfed last token; feed it if a later blank will look.
+    cut = later & ~ended & (count == M)
+    if bool(cut.any()):
+        dec.feed(gen[:, M - 1 :], _positions(blank_pos, M + 1), (cut | ~later)[:, None])
+    out: list[Fill | None] = []
+    for b in range(B):
+        n = int(count[b])
+        out.append(
+            Fill(
+                blank=0,
+                position=int(blank_pos[b]),
+                token_ids=tuple(gen[b, :n].tolist()),
+                logprobs=tuple(logps[b, :n].tolist()),
+                ended=bool(ended[b]),
+                end_logprob=float(end_lp[b]) if bool(ended[b]) else None,
+            )
+            if bool(active[b])
+            else None
+        )
+    return out
+
+
+class _Hypotheses:
+    """The ``num_beams`` best finished hypotheses of one prompt (HF ``BeamHypotheses``)."""
+
+    def __init__(self, num_beams: int, length_penalty: float) -> None:
+        self.k, self.lp = num_beams, length_penalty
+        self.items: list[tuple[float, list[int], list[float], float | None]] = []
+
+    def add(
+        self, total: float, tokens: list[int], logps: list[float], end_lp: float | None
+    ) -> None:
+        n = len(tokens) + (end_lp is not None)  # scored tokens, [eop] included
+        score = total / max(n, 1) ** self.lp
+        if len(self.items) < self.k or score > self.items[-1][0]:
+            self.items.append((score, tokens, logps, end_lp))
+            self.items.sort(key=lambda h: -h[0])
+            del self.items[self.k :]
+
+    def done(self, best_running: float, length: int) -> bool:
+        """``do_early_stopping=False``: can the best running beam, at this length, still enter?"""
+        return len(self.items) >= self.k and self.items[-1][0] >= best_running / length**self.lp
+
+
+def _beam_round(
+    dec: _Decoder,
+    logits: torch.Tensor,
+    blank_pos: torch.Tensor,
+    active: torch.Tensor,
+) -> list[Fill | None]:
+    """Beam search over one blank for every active row (logits [B, V] after [sop])."""
+    cfg, pad = dec.cfg, dec.ids.pad
+    procs, _ = active_filters(cfg)
+    B, K, V = logits.shape[0], cfg.num_beams, logits.shape[-1]
+    stop = set(dec.ids.stop_ids)
+    expand = torch.arange(B, device=dec.device).repeat_interleave(K)  # [B*K]
+    dec.select_rows(expand)
+    logits, beam_pos = logits[expand], blank_pos[expand]  # [B*K, V], [B*K]
+    scores = torch.zeros(B, K, device=dec.device)
+    scores[:, 1:] = float("-inf")  # all beams start equal: expand only the first
+    scores = scores.view(-1)
+    tokens = torch.zeros(B * K, 0, dtype=torch.long, device=dec.device)  # [B*K, t]
+    logps = torch.zeros(B * K, 0, device=dec.device)
+    hyps = [_Hypotheses(K, cfg.length_penalty) for _ in range(B)]
+    done = [not a for a in active.tolist()]
+    for t in range(cfg.max_new_tokens):
+        raw = logits.float().log_softmax(-1)  # [B*K, V]
+        cand = dec.scores(raw, tokens, procs) + scores[:, None]
+        top, idx = cand.view(B, K * V).topk(2 * K, dim=1)  # [B, 2K]
+        rows = (idx // V + torch.arange(B, device=dec.device)[:, None] * K).tolist()
+        toks, top_l = (idx % V).tolist(), top.tolist()
+        nxt_row, nxt_tok, nxt_score = [], [], []
+        for b in range(B):
+            chosen: list[tuple[int, int, float]] = []
+            if not done[b]:
+                for rank in range(2 * K):
+                    row, tok, s = rows[b][rank], toks[b][rank], top_l[b][rank]
+                    if tok in stop:
+                        if rank < K:
+                            seq, lps = tokens[row].tolist(), logps[row].tolist()
+                            hyps[b].add(s, seq, lps, float(raw[row, tok]))
+                    else:
+                        chosen.append((row, tok, s))
+                    if len(chosen) == K:
+                        break
+                done[b] = hyps[b].done(max(top_l[b]), t + 1)
+            chosen += [(b * K, pad, 0.0)] * (K - len(chosen))  # a finished prompt idles
+            for row, tok, s in chosen:
+                nxt_row.append(row), nxt_tok.append(tok), nxt_score.append(s)
+        index = torch.tensor(nxt_row, device=dec.device)
+        new = torch.tensor(nxt_tok, device=dec.device)
+        tokens = torch.cat([tokens[index], new[:, None]], 1)
+        logps = torch.cat([logps[index], raw[index].gather(1, new[:, None])], 1)
+        scores = torch.tensor(nxt_score, device=dec.device)
+        if all(done) or t == cfg.max_new_tokens - 1:
+            break
+        dec.reorder_(index)
+        logits = dec.step(new, _positions(beam_pos, t + 2), None)
+    out: list[Fill | None] = []
+    for b in range(B):
+        if not active[b]:
+            out.append(None)
+            continue
+        if not done[b]:  # cut at max_new_tokens: the running beams are hypotheses too
+            for row in range(b * K, b * K + K):
+                hyps[b].add(float(scores[row]), tokens[row].tolist(), logps[row].tolist(), None)
+        _, seq, lps, end_lp = hyps[b].items[0]
+        out.append(
+            Fill(
+                blank=0,
+                position=int(blank_pos[b]),
+                token_ids=tuple(seq),
+                logprobs=tuple(lps),
+                ended=end_lp is not None,
+                end_logprob=end_lp,
+            )
+        )
+    return out
+
+
+def _check(model: GLM, prompts: list[list[int]], ids: InfillIds, cfg: DecodingConfig) -> None:
+    mc = model.config
+    if not mc.block_position_encoding:
+        raise ValueError("blank filling needs a model with 2D positions (block_position_encoding)")
+    V, limit = mc.vocab_size, mc.max_sequence_length
+    for name in ("sop", "eop", "pad"):
+        if not 0 <= getattr(ids, name) < V:
+            raise ValueError(
+                f"special id {name}={getattr(ids, name)} is outside the model's {V} rows"
+            )
+    if cfg.max_new_tokens >= limit:
+        raise ValueError(
+            f"decoding.max_new_tokens={cfg.max_new_tokens} needs block positions beyond the "
+            f"model's max_sequence_length {limit}; use at most {limit - 1}"
+        )
+    if not prompts:
+        raise ValueError("no prompt given")
+    blanks = set(ids.blanks)
+    for i, p in enumerate(prompts):
+        if len(p) > limit:
+            raise ValueError(
+                f"prompt {i} is {len(p)} tokens, {len(p) - limit} more than the model's "
+                f"max_sequence_length {limit}; shorten it by {len(p) - limit} tokens"
+            )
+        if not blanks.intersection(p):
+            raise ValueError(f"prompt {i} has no blank ({sorted(blanks)}); add [MASK] or [gMASK]")
+        if min(p) < 0 or max(p) >= V:
+            raise ValueError(f"prompt {i} has token ids outside the model's {V} rows")
+
+
+@torch.inference_mode()
+def generate(
+    model: GLM,
+    prompt_ids: Sequence[Sequence[int]] | torch.Tensor,
+    *,
+    ids: InfillIds,
+    decoding: DecodingConfig | None = None,
+    on_token: Callable[[int, int, list[int]], None] | None = None,
+    **overrides: Any,
+) -> list[list[Fill]]:
+    """Fill every blank of every prompt, left to right (spec §4.4).
+
+    Args:
+        model: a GLM (eval mode is the caller's business; dropout is whatever it is set to).
+        prompt_ids: B prompts (Part A, lists of ids, lengths may differ) or a LongTensor [B, T].
+        ids: the special ids (blanks, [sop], [eop], [pad], stop and banned ids).
+        decoding: the settings; ``overrides`` replace its fields (``max_new_tokens=8``, ...).
+        on_token: called as ``on_token(prompt, blank, token_ids)`` as tokens are chosen (greedy and
+            sampling: one token at a time; beam search: the whole fill once it is decided).
+
+    Returns:
+        For each prompt, one ``Fill`` per blank, left to right.
+    """
+    cfg = decoding_config(decoding, **overrides)
+    if cfg.max_new_tokens is None:
+        limit = model.config.max_sequence_length - 1
+        cfg = dataclasses.replace(cfg, max_new_tokens=min(DEFAULT_MAX_NEW_TOKENS, limit))
+    prompts = [
+        [int(t) for t in p]
+        for p in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)
+    ]
+    _check(model, prompts, ids, cfg)
+    blank_set = set(ids.blanks)
+    blanks = [[i for i, t in enumerate(p) if t in blank_set] for p in prompts]
+    B, R = len(prompts), max(len(bl) for bl in blanks)
+    capacity = max(map(len, prompts)) + 1 + R * (cfg.max_new_tokens + 2)
+    dec = _Decoder(model, ids, cfg, capacity)
+    generator = None
+    if cfg.strategy == "sample" and cfg.seed is not None:
+        generator = torch.Generator(dec.device).manual_seed(cfg.seed)
+    beam = cfg.strategy == "beam"
+    fills: list[list[Fill]] = [[] for _ in range(B)]
+    logits = dec.prefill(prompts, [bl[0] for bl in blanks])
+    for r in range(R):
+        active = torch.tensor([len(bl) > r for bl in blanks], device=dec.device)
+        later = torch.tensor([len(bl) > r + 1 for bl in blanks], device=dec.device)
+        blank_pos = torch.tensor([bl[r] if len(bl) > r else 0 for bl in blanks], device=dec.device)
+        if r > 0:  # open the span: [sop] at (the blank's index, block position 1)
+            sop = torch.where(active, ids.sop, ids.pad)
+            logits = dec.step(sop, _positions(blank_pos, 1), None)
+        start = dec.cache.length
+        if beam:
+            round_fills = _beam_round(dec, logits, blank_pos, active)
+        else:
+            stream = None if on_token is None else (lambda b, toks, r=r: on_token(b, r, toks))
+            round_fills = _sample_round(dec, logits, blank_pos, active, later, generator, stream)
+        for b, f in enumerate(round_fills):
+            if f is not None:
+                fills[b].append(dataclasses.replace(f, blank=r))
+                if beam and on_token is not None:
+                    on_token(b, r, list(f.token_ids))
+        if beam and bool(later.any()):
+            # Keep one row per prompt and re-encode the chosen fills after the shared [sop].
+            dec.select_rows(torch.arange(B, device=dec.device) * cfg.num_beams)
+            dec.truncate(start)
+            n = max((len(f.token_ids) for f in round_fills if f is not None), default=0)
+            if n:
+                toks = torch.full((B, n), ids.pad, dtype=torch.long, device=dec.device)
+                valid = ~later[:, None].expand(B, n).clone()
+                for b, f in enumerate(round_fills):
+                    if f is not None and later[b]:
+                        toks[b, : len(f.token_ids)] = torch.tensor(f.token_ids)
+                        valid[b, : len(f.token_ids)] = True
+                block = torch.arange(2, n + 2, device=dec.device).expand(B, n)
+                pos = torch.stack([blank_pos[:, None].expand(B, n), block], 1)  # [B, 2, n]
+                dec.feed(toks, pos, valid)
+    return fills
