@@ -277,9 +277,11 @@ class _Decoder:
         return logits
 
 
-def _positions(blank_pos: torch.Tensor, block: int) -> torch.Tensor:
-    """Position ids [N, 2, 1] of a Part-B token: (the blank's index, block position)."""
-    return torch.stack([blank_pos, torch.full_like(blank_pos, block)], 1)[:, :, None]
+def _span_positions(blank_pos: torch.Tensor, n: int) -> torch.Tensor:
+    """Position ids [N, 2, n] of a span's tokens: (the blank's index, block positions 1..n)."""
+    N = blank_pos.shape[0]
+    block = torch.arange(1, n + 1, device=blank_pos.device).expand(N, n)
+    return torch.stack([blank_pos[:, None].expand(N, n), block], 1)
 
 
 def _sample_round(
@@ -300,6 +302,7 @@ def _sample_round(
     finished, ended = ~active, torch.zeros_like(active)
     count = torch.zeros(B, dtype=torch.long, device=dec.device)  # fill tokens per row
     end_lp = torch.zeros(B, device=dec.device)
+    pos = _span_positions(blank_pos, M + 1)  # [B, 2, M + 1]; token t of the fill has block t + 2
     for t in range(M):
         scores = dec.scores(logits, gen[:, :t], procs)
         if cfg.strategy == "greedy":
@@ -324,12 +327,12 @@ def _sample_round(
             break
         # Rows without a later blank may feed anything: keep their slots valid (no mask needed).
         logits = dec.step(
-            torch.where(going, tok, pad), _positions(blank_pos, t + 2), going | ~later
+            torch.where(going, tok, pad), pos[:, :, t + 1 : t + 2], going | ~later
         )
     # A fill cut at max_new_tokens has an unfed last token; feed it if a later blank will look.
     cut = later & ~ended & (count == M)
     if bool(cut.any()):
-        dec.feed(gen[:, M - 1 :], _positions(blank_pos, M + 1), (cut | ~later)[:, None])
+        dec.feed(gen[:, M - 1 :], pos[:, :, M:], (cut | ~later)[:, None])
     out: list[Fill | None] = []
     for b in range(B):
         n = int(count[b])
@@ -391,6 +394,7 @@ def _beam_round(
     logps = torch.zeros(B * K, 0, device=dec.device)
     hyps = [_Hypotheses(K, cfg.length_penalty) for _ in range(B)]
     done = [not a for a in active.tolist()]
+    pos = _span_positions(beam_pos, cfg.max_new_tokens)  # [B*K, 2, M]
     for t in range(cfg.max_new_tokens):
         raw = logits.float().log_softmax(-1)  # [B*K, V]
         cand = dec.scores(raw, tokens, procs) + scores[:, None]
@@ -423,7 +427,7 @@ def _beam_round(
         if all(done) or t == cfg.max_new_tokens - 1:
             break
         dec.reorder_(index)
-        logits = dec.step(new, _positions(beam_pos, t + 2), None)
+        logits = dec.step(new, pos[:, :, t + 1 : t + 2], None)
     out: list[Fill | None] = []
     for b in range(B):
         if not active[b]:
@@ -525,7 +529,7 @@ def generate(
         blank_pos = torch.tensor([bl[r] if len(bl) > r else 0 for bl in blanks], device=dec.device)
         if r > 0:  # open the span: [sop] at (the blank's index, block position 1)
             sop = torch.where(active, ids.sop, ids.pad)
-            logits = dec.step(sop, _positions(blank_pos, 1), None)
+            logits = dec.step(sop, _span_positions(blank_pos, 1), None)
         start = dec.cache.length
         if beam:
             round_fills = _beam_round(dec, logits, blank_pos, active)
@@ -549,7 +553,5 @@ def generate(
                     if f is not None and later[b]:
                         toks[b, : len(f.token_ids)] = torch.tensor(f.token_ids)
                         valid[b, : len(f.token_ids)] = True
-                block = torch.arange(2, n + 2, device=dec.device).expand(B, n)
-                pos = torch.stack([blank_pos[:, None].expand(B, n), block], 1)  # [B, 2, n]
-                dec.feed(toks, pos, valid)
+                dec.feed(toks, _span_positions(blank_pos, n + 1)[:, :, 1:], valid)
     return fills

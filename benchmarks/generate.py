@@ -1,0 +1,109 @@
+"""Decoding speed: blankfill ``generate`` (GLM-small) against HF ``GPT2LMHeadModel.generate``.
+
+Both models have the same shape (6 layers, d 512, 8 heads, vocabulary 8192, random weights) and
+decode greedily the same number of new tokens after the same prompt length; the two are timed
+alternately in one process. Prints one JSON line per timed run, then one summary line per batch
+size with tokens/s (median) and the ratio ours / HF.
+
+    python benchmarks/generate.py [--batch-sizes 1 8] [--prompt-len 128] [--new-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from blankfill.config import preset
+from blankfill.generate import InfillIds, generate
+from blankfill.model import GLM
+
+PAD, SOP, EOP, GMASK = 0, 1, 2, 3
+IDS = InfillIds(blanks=(GMASK,), sop=SOP, eop=EOP, pad=PAD)
+
+
+def build(seed: int) -> tuple[GLM, torch.nn.Module]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = preset(
+        "glm-small", embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0
+    )
+    ours = GLM(cfg).eval()
+    hf_cfg = GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.max_sequence_length,
+        n_embd=cfg.hidden_size,
+        n_layer=cfg.num_layers,
+        n_head=cfg.num_attention_heads,
+        activation_function="gelu_new",  # the tanh GeLU, as GLM
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=SOP,
+        eos_token_id=EOP,
+        pad_token_id=PAD,
+    )
+    theirs = GPT2LMHeadModel(hf_cfg).eval()
+    return ours, theirs
+
+
+def run_ours(model: GLM, prompts: torch.Tensor, new_tokens: int) -> int:
+    fills = generate(model, prompts, ids=IDS, max_new_tokens=new_tokens, min_length=new_tokens)
+    return sum(len(f.token_ids) for row in fills for f in row)
+
+
+@torch.inference_mode()
+def run_hf(model: torch.nn.Module, prompts: torch.Tensor, new_tokens: int) -> int:
+    out = model.generate(
+        prompts,
+        attention_mask=torch.ones_like(prompts),
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        eos_token_id=EOP,
+        pad_token_id=PAD,
+    )
+    return (out.shape[1] - prompts.shape[1]) * out.shape[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ours, theirs = build(0)
+    g = torch.Generator().manual_seed(0)
+    for B in args.batch_sizes:
+        prompts = torch.randint(8, 8192, (B, args.prompt_len), generator=g)
+        prompts[:, -1] = GMASK  # one long blank at the end: left-to-right generation
+        times: dict[str, list[float]] = {"blankfill": [], "hf": []}
+        run_ours(ours, prompts, 4), run_hf(theirs, prompts, 4)  # warm-up
+        for rep in range(args.repeats):
+            for name, fn, model in (("blankfill", run_ours, ours), ("hf", run_hf, theirs)):
+                t0 = time.perf_counter()
+                n = fn(model, prompts, args.new_tokens)
+                dt = time.perf_counter() - t0
+                assert n == B * args.new_tokens, f"{name} generated {n} tokens"
+                times[name].append(dt)
+                print(json.dumps({"impl": name, "batch": B, "repeat": rep, "seconds": round(dt, 4),
+                                  "tokens_per_s": round(n / dt, 1)}), flush=True)
+        tps = {k: B * args.new_tokens / statistics.median(v) for k, v in times.items()}
+        print(json.dumps({
+            "summary": True, "batch": B, "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
+            "blankfill_tokens_per_s": round(tps["blankfill"], 1), "hf_tokens_per_s": round(tps["hf"], 1),
+            "ratio": round(tps["blankfill"] / tps["hf"], 3),
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
