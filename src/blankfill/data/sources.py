@@ -18,7 +18,7 @@ from typing import Literal
 
 TxtMode = Literal["file", "blank_lines"]
 SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
-_BLANK_LINES = re.compile(r"\n[ \t]*\n")
+_BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")  # one or more blank (or blank-looking) lines
 _REPLACEMENT = "\ufffd".encode()
 
 
@@ -91,7 +91,7 @@ def iter_documents(
             raw = f.read()
             stats.bytes += len(raw)
             text = _decode(raw, stats).replace("\r\n", "\n")
-            docs = [text] if txt_mode == "file" else _BLANK_LINES.split(text)
+            docs = [text] if txt_mode == "file" else _BLANK_LINES.split(text.strip("\n"))
             for doc in docs:
                 if doc.strip():
                     stats.documents += 1
