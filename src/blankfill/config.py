@@ -317,6 +317,8 @@ HUB_IGNORED_KEYS = frozenset(
         "tokenizer_class",
     }
 )
+#: Our ModelConfig fields that have no hub name, kept in a hub config.json under this key.
+HUB_OURS_KEY = "blankfill"
 HUB_REQUIRED_VALUES = {"attention_scale": 1.0, "relative_encoding": False, "output_predict": True}
 
 
@@ -333,6 +335,8 @@ def model_config_from_hub(data: dict[str, Any], source: str = "config.json") -> 
                 )
         elif key in ours_fields:
             ours[key] = value
+        elif key == HUB_OURS_KEY and isinstance(value, dict):  # our fields the hub lacks (gelu, ...)
+            ours.update(value)
         elif key not in HUB_IGNORED_KEYS:
             raise ConfigError(f"{source}: unknown hub config key {key!r}{_nearest(key, ours_fields)}")
     return from_dict(ModelConfig, ours)
