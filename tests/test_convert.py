@@ -354,3 +354,24 @@ def test_missing_mp_rank_and_sentencepiece(tmp_path):
         with pytest.raises(ConfigError, match="pip install sentencepiece"):
             load_folder_tokenizer(spm)
     assert load_folder_tokenizer(tmp_path) is None
+
+
+# ------------------------------------------------------------------------------------------
+# Official tokenizer files
+# ------------------------------------------------------------------------------------------
+
+
+def test_official_bert_vocab_converts_to_our_tokenizer(tmp_path):
+    tokenizer = pytest.importorskip("blankfill.tokenizer")
+    src = save_pretrained(_random_model(), tmp_path / "src")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "##s"]
+    (src / "vocab.txt").write_text("\n".join(words) + "\n")
+    (src / "tokenizer_config.json").write_text('{"tokenizer_class": "GLMBertTokenizer"}')
+    out = convert_folder(src, tmp_path / "out")
+    assert (out / "vocab.txt").is_file() and (out / "tokenizer_config.json").is_file()
+    ours = tokenizer.load_tokenizer(out)  # our tokenizer.json + special_tokens.json were written
+    assert (out / "tokenizer.json").is_file()
+    assert ours.special.sop == len(words) and ours.special.eos == 0  # spec §2: BERT eos = [PAD]
+    assert ours.encode("the cats [MASK]") == [5, 6, 10, 4]
+    hub = convert_folder(out, tmp_path / "hub", "hub")
+    assert (hub / "vocab.txt").read_bytes() == (src / "vocab.txt").read_bytes()

@@ -239,35 +239,19 @@ def load_pretrained(path: str | Path, **overrides: Any) -> GLM:
 
 
 def load_folder_tokenizer(path: str | Path) -> Any | None:
-    """The tokenizer of a model folder (ours or the official files), or None if it has none."""
+    """The tokenizer of a model folder, or None if it has no tokenizer files.
+
+    Ours and the official BERT / GPT-2 / RoBERTa files are read by ``tokenizer.load_tokenizer``;
+    the Chinese SentencePiece model (``*.model``) needs the optional ``sentencepiece`` package.
+    """
     path = Path(path)
-    spm = sorted(path.glob("*.model"))
-    if all((path / f).is_file() for f in OUR_TOKENIZER_FILES):
+    names = OUR_TOKENIZER_FILES + ("vocab.txt", "vocab.json")
+    if any((path / name).is_file() for name in names):
         from .tokenizer import load_tokenizer
 
         return load_tokenizer(path)
-    if (path / "vocab.txt").is_file():
-        from .tokenizer import Tokenizer
-
-        return Tokenizer.from_bert_vocab(path / "vocab.txt")
-    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        from .tokenizer import Tokenizer
-
-        if _is_roberta(path):
-            return Tokenizer.from_roberta_files(path / "vocab.json", path / "merges.txt")
-        return Tokenizer.from_gpt2_files(path / "vocab.json", path / "merges.txt")
-    if spm:
-        return _sentencepiece_tokenizer(spm[0], path)
-    return None
-
-
-def _is_roberta(path: Path) -> bool:
-    """glm-roberta-large vs glm-2b/10b: both ship vocab.json + merges.txt."""
-    try:
-        cls = json.loads((path / "tokenizer_config.json").read_text()).get("tokenizer_class", "")
-        return "roberta" in str(cls).lower()
-    except (OSError, json.JSONDecodeError):
-        return json.loads((path / "vocab.json").read_text()).get("<s>") == 0
+    spm = sorted(path.glob("*.model"))
+    return _sentencepiece_tokenizer(spm[0], path) if spm else None
 
 
 def _sentencepiece_tokenizer(model_file: Path, path: Path) -> Any:
@@ -371,6 +355,12 @@ def convert_folder(
             log.warning("tokenizer not converted: %s", e)
         else:
             if tokenizer is not None:
+                if tokenizer.vocab_size > cfg.vocab_size:
+                    log.warning(
+                        "the tokenizer has %d tokens but the model only %d embedding rows",
+                        tokenizer.vocab_size,
+                        cfg.vocab_size,
+                    )
                 tokenizer.save(dst)
     log.info("wrote %s (%s format) from %s", dst, to_format, src)
     return dst
