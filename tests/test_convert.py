@@ -375,3 +375,14 @@ def test_official_bert_vocab_converts_to_our_tokenizer(tmp_path):
     assert ours.encode("the cats [MASK]") == [5, 6, 10, 4]
     hub = convert_folder(out, tmp_path / "hub", "hub")
     assert (hub / "vocab.txt").read_bytes() == (src / "vocab.txt").read_bytes()
+
+
+def test_copy_gmask_row_for_glm_10b_chinese():
+    from blankfill.convert import copy_gmask_row
+
+    emb = torch.randn(50048, 2)
+    out = copy_gmask_row({"word_embeddings.weight": emb})["word_embeddings.weight"]
+    assert torch.equal(out[50009], emb[50007]) and not torch.equal(emb[50009], emb[50007])
+    assert torch.equal(out[:50009], emb[:50009]) and torch.equal(out[50010:], emb[50010:])
+    with pytest.raises(ConfigError, match="only 384 rows"):
+        copy_gmask_row(_random_model().state_dict())

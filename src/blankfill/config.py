@@ -346,7 +346,7 @@ def model_config_from_hub(data: dict[str, Any], source: str = "config.json") -> 
                 )
         elif key in ours_fields:
             ours[key] = value
-        elif key == HUB_OURS_KEY and isinstance(value, dict):  # our fields the hub lacks (gelu, ...)
+        elif key == HUB_OURS_KEY and isinstance(value, dict):  # gelu etc., absent from the hub
             ours.update(value)
         elif key not in HUB_IGNORED_KEYS:
             raise ConfigError(

@@ -211,6 +211,22 @@ def split_model_parallel(
     return [{k: piece(k, v, r) for k, v in state.items()} for r in range(ways)]
 
 
+#: glm-10b-chinese was trained with [gMASK] = 50007 (= eop); the hub tokenizer uses 50009, so the
+#: official converter copies embedding row 50007 to 50009 (spec §2).
+CHINESE_10B_GMASK_ROWS = (50007, 50009)
+
+
+def copy_gmask_row(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """glm-10b-chinese: copy embedding row 50007 to 50009, as the official hub converter does."""
+    src, dst = CHINESE_10B_GMASK_ROWS
+    emb = state["word_embeddings.weight"]
+    if emb.shape[0] <= dst:
+        raise ConfigError(f"--copy-gmask-row: the vocabulary has only {emb.shape[0]} rows")
+    emb = emb.clone()
+    emb[dst] = emb[src]
+    return {**state, "word_embeddings.weight": emb}
+
+
 def infer_config(state: dict[str, torch.Tensor], **overrides: Any) -> ModelConfig:
     """A ModelConfig read off the tensor shapes (for training checkpoints without config.json).
 
@@ -317,6 +333,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="hub weights file: model.safetensors or pytorch_model.bin (tensors only)",
     )
     p.add_argument(
+        "--copy-gmask-row",
+        action="store_true",
+        help="glm-10b-chinese training checkpoints: copy embedding row 50007 to 50009 (the hub "
+        "tokenizer's [gMASK]), as the official hub converter does",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -335,6 +357,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--set {item!r} must look like key=value")
         key, value = item.split("=", 1)
         overrides[key] = value
-    out = convert_folder(args.src, args.dst, args.to_format, weights=args.weights, **overrides)
+    out = convert_folder(
+        args.src, args.dst, args.to_format, args.weights, args.copy_gmask_row, **overrides
+    )
     print(out)
     return 0

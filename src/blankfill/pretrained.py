@@ -331,17 +331,20 @@ def convert_folder(
     dst: str | Path,
     to_format: Literal["blankfill", "hub"] = "blankfill",
     weights: Literal["safetensors", "bin"] = "safetensors",
+    copy_gmask_row: bool = False,
     **overrides: Any,
 ) -> Path:
     """Convert any folder ``load_pretrained`` reads into ours or the hub layout; dtypes are kept.
 
     Tokenizer files are copied; official ones are also written as ours (blankfill format) when the
-    tokenizer can be built here.
+    tokenizer can be built here. ``copy_gmask_row``: see ``convert.copy_gmask_row``.
     """
     src, dst = Path(src), Path(dst)
     cfg, state = read_checkpoint(src, **overrides)
     if dst.resolve() == src.resolve():
         raise ConfigError(f"--to {dst} is the source folder; choose a new folder")
+    if copy_gmask_row:
+        state = convert.copy_gmask_row(state)
     save_state(state, cfg, dst, to_format, weights)
     names = OUR_TOKENIZER_FILES + OFFICIAL_TOKENIZER_FILES
     names += HUB_CODE_FILES if to_format == "hub" else ()
