@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,9 @@ def test_error_official_files(tmp_path, gpt2_files):
     _one_line_error(lambda: Tokenizer.from_gpt2_files(v, bad), "already contains \\[MASK\\]")
     v.write_text(json.dumps({"<|endoftext|>": 0, "a": 5}), encoding="utf-8")
     _one_line_error(lambda: Tokenizer.from_gpt2_files(v, bad), "ids must be exactly")
+
+
+def test_pickles_for_worker_processes(official):
+    tok = pickle.loads(pickle.dumps(official["roberta"]))
+    assert tok.encode("the [MASK] of") == official["roberta"].encode("the [MASK] of")
+    assert tok.fingerprint() == official["roberta"].fingerprint()

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as Backend
@@ -56,6 +56,20 @@ ROLE_TEXT = {
 }
 # Token order of a trained BPE: these take ids 0..8 (pad = eos = 0, so zero padding is eos).
 TRAINED_SPECIALS = tuple(dict.fromkeys(ROLE_TEXT[r] for r in ("eos", *ROLES[2:])))
+# Role -> its text in each official vocabulary, where it differs from GLM's (spec §2 table).
+_VOCAB_TEXT: dict[str, dict[str, str]] = {
+    "bert": {**ROLE_TEXT, "pad": "[PAD]", "eos": "[PAD]"},
+    "gpt2": ROLE_TEXT,
+    "roberta": {
+        **ROLE_TEXT,
+        "pad": "</s>",
+        "eos": "</s>",
+        "sep": "</s>",
+        "cls": "<s>",
+        "mask": "<mask>",
+        "unk": "<unk>",
+    },
+}
 _LSTRIP = frozenset({"[MASK]", "[sMASK]", "[gMASK]", "<mask>"})  # official lstrip=True
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_FILE = "special_tokens.json"
@@ -107,6 +121,8 @@ class Tokenizer:
         kind: Kind,
         aliases: dict[str, str] | None = None,
     ) -> None:
+        if kind not in get_args(Kind):
+            raise ValueError(f"tokenizer kind {kind!r} is not one of {', '.join(get_args(Kind))}")
         self.backend = backend
         self.special = special
         self.kind = kind
@@ -133,9 +149,10 @@ class Tokenizer:
         """BERT-uncased WordPiece (glm-base/large): sop/eop appended (30522/30523 for the official
         vocab), then ``[gMASK]``/``[sMASK]`` when ``task_mask``; eos is ``[PAD]`` = 0."""
         path = _existing_file(vocab_txt, "BERT vocab.txt")
-        tokens = path.read_text(encoding="utf-8").splitlines()
-        while tokens and not tokens[-1].strip():
-            tokens.pop()  # a trailing blank line is not a token
+        # One token per line; only "\n" ends a line (str.splitlines also splits on U+2028, ...).
+        tokens = [t.rstrip("\r") for t in path.read_text(encoding="utf-8").split("\n")]
+        while tokens and not tokens[-1]:
+            tokens.pop()  # trailing newline(s)
         vocab = _index(tokens, path)
         _require(vocab, ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), path)
         appended = ["<|startofpiece|>", "<|endofpiece|>"] + (
@@ -146,19 +163,7 @@ class Tokenizer:
         backend.normalizer = normalizers.BertNormalizer(lowercase=True)
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.decoder = decoders.WordPiece(prefix="##")
-        names = {
-            "pad": "[PAD]",
-            "eos": "[PAD]",
-            "cls": "[CLS]",
-            "mask": "[MASK]",
-            "sep": "[SEP]",
-            "unk": "[UNK]",
-            "sop": "<|startofpiece|>",
-            "eop": "<|endofpiece|>",
-        }
-        if task_mask:
-            names |= {"gmask": "[gMASK]", "smask": "[sMASK]"}
-        return cls._assemble(backend, vocab, names, "bert", {"<|endoftext|>": "[PAD]"})
+        return cls._assemble(backend, vocab, "bert")
 
     @classmethod
     def from_gpt2_files(
@@ -171,8 +176,7 @@ class Tokenizer:
         appended = ["<|startofpiece|>", "<|endofpiece|>", "[CLS]", "[MASK]", "[SEP]", "[UNK]"]
         appended += ["[gMASK]", "[sMASK]"] if task_mask else []
         vocab = _append(vocab, appended, Path(vocab_json))
-        names = {r: ROLE_TEXT[r] for r in ROLES if task_mask or r not in ("gmask", "smask")}
-        return cls._assemble(_byte_bpe(vocab, merges), vocab, names, "gpt2", {})
+        return cls._assemble(_byte_bpe(vocab, merges), vocab, "gpt2")
 
     @classmethod
     def from_roberta_files(
@@ -183,33 +187,15 @@ class Tokenizer:
         vocab, merges = _read_bpe(vocab_json, merges_txt)
         _require(vocab, ("<s>", "</s>", "<unk>", "<mask>"), Path(vocab_json))
         vocab = _append(vocab, ["<|startofpiece|>", "<|endofpiece|>"], Path(vocab_json))
-        names = {
-            "pad": "</s>",
-            "eos": "</s>",
-            "sep": "</s>",
-            "cls": "<s>",
-            "mask": "<mask>",
-            "unk": "<unk>",
-            "sop": "<|startofpiece|>",
-            "eop": "<|endofpiece|>",
-        }
-        aliases = {ROLE_TEXT[r]: names[r] for r in ("eos", "sep", "cls", "mask", "unk")}
-        return cls._assemble(_byte_bpe(vocab, merges), vocab, names, "roberta", aliases)
+        return cls._assemble(_byte_bpe(vocab, merges), vocab, "roberta")
 
     @classmethod
-    def _assemble(
-        cls,
-        backend: Backend,
-        vocab: dict[str, int],
-        names: dict[str, str],
-        kind: Kind,
-        aliases: dict[str, str],
-    ) -> Tokenizer:
-        """Register every role's text (and the vocab's other bracketed specials) as added tokens."""
-        texts = dict.fromkeys(names.values())
-        if kind == "roberta":
-            texts["<pad>"] = None
-        backend.add_special_tokens([_added(t) for t in texts])
+    def _assemble(cls, backend: Backend, vocab: dict[str, int], kind: Kind) -> Tokenizer:
+        """Register the vocabulary's role texts as special added tokens; alias GLM's spellings."""
+        names = {role: text for role, text in _VOCAB_TEXT[kind].items() if text in vocab}
+        extra = ["<pad>"] if kind == "roberta" else []  # RoBERTa's own pad, skipped in decoding
+        backend.add_special_tokens([_added(t) for t in dict.fromkeys([*names.values(), *extra])])
+        aliases = {ROLE_TEXT[r]: t for r, t in names.items() if t != ROLE_TEXT[r]}
         special = SpecialTokens(**{role: vocab[text] for role, text in names.items()})
         return cls(backend, special, kind=kind, aliases=aliases)
 
@@ -411,7 +397,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"tokenizer folder {path} does not exist")
-    if (path / TOKENIZER_FILE).is_file() or (path / SPECIAL_FILE).is_file():
+    if (path / SPECIAL_FILE).is_file():
         return _load_saved(path)
     if (path / "vocab.txt").is_file():
         return Tokenizer.from_bert_vocab(path / "vocab.txt")
@@ -420,6 +406,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         if "<mask>" in vocab:
             return Tokenizer.from_roberta_files(path / "vocab.json", path / "merges.txt")
         return Tokenizer.from_gpt2_files(path / "vocab.json", path / "merges.txt")
+    if (path / TOKENIZER_FILE).is_file():
+        return _load_saved(path)  # an error naming the missing special_tokens.json
     raise ValueError(
         f"no tokenizer in {path}: expected {TOKENIZER_FILE} + {SPECIAL_FILE} "
         "(Tokenizer.save), vocab.txt (BERT) or vocab.json + merges.txt (GPT-2/RoBERTa)"
@@ -513,8 +501,9 @@ def _read_bpe(
     if sorted(vocab.values()) != list(range(len(vocab))):
         raise ValueError(f"{vpath}: ids must be exactly 0..{len(vocab) - 1}, each once")
     merges = []
-    for n, line in enumerate(mpath.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip() or (n == 1 and line.startswith("#version")):
+    for n, line in enumerate(mpath.read_text(encoding="utf-8").split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line or (n == 1 and line.startswith("#version")):
             continue
         parts = line.split(" ")
         if len(parts) != 2:
