@@ -46,8 +46,6 @@ def _tokenizer(args: argparse.Namespace, files: list[Path]):
 
     if args.tokenizer:
         return tk.load_tokenizer(args.tokenizer)
-    if args.vocab_size < 512:
-        raise ValueError(f"--vocab-size must be >= 512, got {args.vocab_size}")
     stats = ReadStats()
     texts = [
         doc
