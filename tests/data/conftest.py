@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from blankfill.data.store import prepare
+from blankfill.tokenizer import SpecialTokens
 
-
-@dataclass(frozen=True)
-class StubSpecial:
-    pad: int = 0
-    eos: int = 1
-    cls: int = 2
-    mask: int = 3
-    smask: int | None = 4
-    gmask: int | None = 5
-    sop: int = 6
-    eop: int = 7
-    sep: int = 8
-    unk: int = 9
+#: The stub's special ids (tests build the same object with ``special``).
+STUB_SPECIAL = SpecialTokens(
+    pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7, sep=8, unk=9
+)
 
 
 class ByteTokenizer:
     """Bytes + 16 as ids; enough of the Tokenizer interface for prepare and the loader."""
 
-    special = StubSpecial()
+    special = STUB_SPECIAL
     vocab_size = 16 + 256
 
     def encode(self, text: str) -> list[int]:
@@ -48,7 +39,7 @@ class ByteTokenizer:
 
     def save(self, path) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
-        (Path(path) / "special_tokens.json").write_text(json.dumps(vars(self.special)))
+        (Path(path) / "special_tokens.json").write_text(json.dumps(self.special.to_dict()))
 
 
 SENTENCES = [
@@ -75,6 +66,11 @@ def make_corpus(root: Path, n_docs: int = 12, seed: int = 0) -> Path:
 @pytest.fixture
 def tokenizer() -> ByteTokenizer:
     return ByteTokenizer()
+
+
+@pytest.fixture(name="make_corpus")
+def _make_corpus_fixture():
+    return make_corpus
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ByteTokenizer
 from scipy.stats import chisquare
 
 from blankfill.config import CorruptConfig, DataConfig
@@ -15,8 +14,9 @@ from blankfill.data.objectives import DOCUMENT, SENTENCE, TOKEN, Corruptor, RawS
 from blankfill.data.pack import collate_pack, collate_pad, pack_rows, packing_efficiency
 from blankfill.model import GLM, build_attention_mask
 from blankfill.testing import tiny_config
+from blankfill.tokenizer import SpecialTokens
 
-SP = ByteTokenizer.special
+SP = SpecialTokens(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7, sep=8, unk=9)
 MIX = CorruptConfig(token_prob=0.5, sentence_prob=0.25, document_prob=0.25)
 
 

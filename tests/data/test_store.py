@@ -7,13 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ByteTokenizer, make_corpus
 
 from blankfill import cli
 from blankfill.data.store import TokenStore, prepare
 
 
-def test_store_round_trip(tmp_path, tokenizer):
+def test_store_round_trip(tmp_path, tokenizer, make_corpus):
     corpus = make_corpus(tmp_path, n_docs=5)
     m = prepare([corpus], tmp_path / "s", tokenizer)
     store = TokenStore(tmp_path / "s")
@@ -78,8 +77,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tokenizer, setup, match):
     assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.*"))
 
 
-def test_interrupted_prepare_leaves_no_store(tmp_path):
-    class Boom(ByteTokenizer):
+def test_interrupted_prepare_leaves_no_store(tmp_path, make_corpus, tokenizer):
+    class Boom(type(tokenizer)):
         calls = 0
 
         def encode_batch(self, texts):
@@ -93,7 +92,7 @@ def test_interrupted_prepare_leaves_no_store(tmp_path):
         TokenStore(tmp_path / "half")
 
 
-def test_existing_store_needs_overwrite(tmp_path, tokenizer):
+def test_existing_store_needs_overwrite(tmp_path, tokenizer, make_corpus):
     corpus = make_corpus(tmp_path, n_docs=2)
     prepare([corpus], tmp_path / "s", tokenizer)
     with pytest.raises(FileExistsError, match="--overwrite"):
@@ -102,8 +101,8 @@ def test_existing_store_needs_overwrite(tmp_path, tokenizer):
     assert m["num_documents"] == 4 and TokenStore(tmp_path / "s").num_documents == 4
 
 
-def test_uint32_for_large_vocabularies(tmp_path):
-    class Big(ByteTokenizer):
+def test_uint32_for_large_vocabularies(tmp_path, make_corpus, tokenizer):
+    class Big(type(tokenizer)):
         vocab_size = 70_000
 
         def token_strings(self):
@@ -138,3 +137,21 @@ def test_cli_inspect_store(store_dir, capsys):
         mask_lines = [ln for ln in out.splitlines() if set(ln) <= {"#", "."} and ln]
         assert len(mask_lines) == len(mask_lines[0]) > 10  # a square picture
         assert mask_lines[0].startswith("#") and mask_lines[0].endswith(".")  # A sees A, not B
+
+
+def test_cli_prepare_and_inspect_with_a_trained_tokenizer(tmp_path, make_corpus, capsys):
+    corpus = make_corpus(tmp_path, n_docs=6)
+    out = tmp_path / "s"
+    rc = cli.main(["prepare", "--input", str(corpus), "--out", str(out), "--train-tokenizer",
+                   "--vocab-size", "300", "--no-progress"])  # fmt: skip
+    assert rc == 0 and "6 documents" in capsys.readouterr().out
+    store = TokenStore(out)
+    tok = store.load_tokenizer()
+    assert tok.fingerprint() == store.tokenizer_fingerprint and store.special == tok.special
+    assert tok.decode(store.document(0)) == (corpus / "doc00.txt").read_text().strip("\n")
+    assert cli.main(["inspect", str(out), "--seq-len", "48", "--index", "2"]) == 0
+    assert "<|startofpiece|>" in capsys.readouterr().out
+    rc = cli.main(["inspect", "--text", "One. Two? Three! Four; five.", "--tokenizer",
+                   str(out / "tokenizer"), "--objective", "sentence"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0 and "objective sMASK" in text and "[sMASK]" in text
