@@ -119,32 +119,31 @@ def build_blocks(
         keep[start + 1 : end] = False
     part_a = part_a[keep]  # [sep]
     sep = len(part_a)
-    # Index in Part A of each text position that survives (a span start -> its blank).
-    a_index = np.cumsum(keep) - 1  # [n]
-    ins, labs, pos, blk = (
-        [part_a],
-        [part_a],
-        [np.arange(sep, dtype=np.int64)],
-        [np.zeros(sep, np.int64)],
-    )
-    for i in order:
-        start, end = spans[i]
-        m = end - start
-        ins.append(np.concatenate(([sop_id], text[start:end])))
-        labs.append(np.concatenate((text[start:end], [eop_id])))
-        pos.append(np.full(m + 1, a_index[start], dtype=np.int64))
-        blk.append(np.arange(1, m + 2, dtype=np.int64))
-    input_ids = np.concatenate(ins)
+    a_index = np.cumsum(keep) - 1  # [n] index in Part A of each surviving text position
+    # Part B, vectorised: span i in `order` occupies [off_i, off_i + m_i] (its [sop] at off_i).
+    S = np.array([spans[i][0] for i in order], dtype=np.int64)  # [k]
+    m = np.array([spans[i][1] - spans[i][0] for i in order], dtype=np.int64)  # [k]
+    off = np.cumsum(m + 1) - (m + 1)  # [k]
+    nb = int((m + 1).sum())
+    src = np.repeat(S - off - 1, m + 1) + np.arange(nb)  # [nb] text index of the input token
+    b_in = text[np.clip(src, 0, n - 1)]
+    b_in[off] = sop_id
+    b_lab = text[np.clip(src + 1, 0, n - 1)]
+    b_lab[off + m] = eop_id
+    input_ids = np.concatenate((part_a, b_in))
+    labels = np.concatenate((part_a, b_lab))
     T = len(input_ids)
     if block_positions:
-        position_ids = np.stack([np.concatenate(pos), np.concatenate(blk)])
+        pos = np.concatenate((np.arange(sep), np.repeat(a_index[S], m + 1)))
+        blk = np.concatenate((np.zeros(sep, np.int64), np.arange(nb) - np.repeat(off, m + 1) + 1))
+        position_ids = np.stack([pos, blk]).astype(np.int64)
     else:
         position_ids = np.stack([np.arange(T, dtype=np.int64), np.zeros(T, dtype=np.int64)])
     loss_mask = np.zeros(T, dtype=np.float32)
     loss_mask[sep:] = 1.0
     return Example(
         input_ids=input_ids,
-        labels=np.concatenate(labs),
+        labels=labels,
         loss_mask=loss_mask,
         position_ids=position_ids,
         context_len=sep,
