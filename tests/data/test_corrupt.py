@@ -221,3 +221,12 @@ def test_no_global_rng_in_data_package():
     ]
     assert not hits, hits
     assert len(list(src.glob("*.py"))) >= 5
+
+
+def test_public_entry_points():
+    import blankfill.data as data
+    from blankfill.data.loader import PretrainLoader
+    from blankfill.data.store import TokenStore, prepare
+
+    assert data.build_blocks is build_blocks and callable(prepare)
+    assert PretrainLoader.state_dict and TokenStore.num_tokens
