@@ -11,12 +11,16 @@ import dataclasses
 import difflib
 import json
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 T = TypeVar("T")
 
@@ -69,7 +73,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if origin is tuple:
             if len(args) != len(value):
                 raise ConfigError(f"{key} must have {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(
+                _coerce(v, a, f"{key}[{i}]")
+                for i, (v, a) in enumerate(zip(args, value, strict=True))
+            )
         return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
@@ -267,7 +274,11 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=384, num_layers=2, hidden_size=64, num_attention_heads=4, max_sequence_length=64
     ),
     "glm-small": _preset(
-        vocab_size=8192, num_layers=6, hidden_size=512, num_attention_heads=8, max_sequence_length=512
+        vocab_size=8192,
+        num_layers=6,
+        hidden_size=512,
+        num_attention_heads=8,
+        max_sequence_length=512,
     ),
     "glm-base": _preset(num_layers=12, hidden_size=768, num_attention_heads=12),
     "glm-large": _preset(num_layers=24, hidden_size=1024, num_attention_heads=16),
@@ -317,6 +328,8 @@ HUB_IGNORED_KEYS = frozenset(
         "tokenizer_class",
     }
 )
+#: Our ModelConfig fields that have no hub name, kept in a hub config.json under this key.
+HUB_OURS_KEY = "blankfill"
 HUB_REQUIRED_VALUES = {"attention_scale": 1.0, "relative_encoding": False, "output_predict": True}
 
 
@@ -333,8 +346,12 @@ def model_config_from_hub(data: dict[str, Any], source: str = "config.json") -> 
                 )
         elif key in ours_fields:
             ours[key] = value
+        elif key == HUB_OURS_KEY and isinstance(value, dict):  # gelu etc., absent from the hub
+            ours.update(value)
         elif key not in HUB_IGNORED_KEYS:
-            raise ConfigError(f"{source}: unknown hub config key {key!r}{_nearest(key, ours_fields)}")
+            raise ConfigError(
+                f"{source}: unknown hub config key {key!r}{_nearest(key, ours_fields)}"
+            )
     return from_dict(ModelConfig, ours)
 
 
@@ -395,6 +412,10 @@ class CorruptConfig:
             raise ValueError("corrupt.poisson_lambda must be > 0")
         if self.max_span_length < 2:
             raise ValueError("corrupt.max_span_length must be >= 2")
+        if self.mix_per not in ("sample", "batch"):
+            raise ValueError(f"corrupt.mix_per must be 'sample' or 'batch', got {self.mix_per!r}")
+        if not 0.0 <= self.document_suffix_prob <= 1.0:
+            raise ValueError("corrupt.document_suffix_prob must be in [0, 1]")
         if not 0.0 < self.document_min_ratio <= 1.0:
             raise ValueError("corrupt.document_min_ratio must be in (0, 1]")
         probs = (self.token_prob, self.sentence_prob, self.document_prob)
@@ -416,8 +437,15 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes
     seed: int = 1234  # the sample stream depends on (seed, epoch, sample index) only
     valid_fraction: float = 0.0  # documents held out for validation (by document)
+    valid_store: str = ""  # a separate store for validation (overrides valid_fraction)
+    sample_across_doc: bool = True  # fill short samples with more documents (official default)
+    pack_len: int = 0  # layout "pack": row length in tokens; 0: seq_len + seq_len // 4
 
     def __post_init__(self) -> None:
+        if self.layout not in ("pad", "pack"):
+            raise ValueError(f"data.layout must be 'pad' or 'pack', got {self.layout!r}")
+        if self.pack_len < 0:
+            raise ValueError("data.pack_len must be >= 0 (0: seq_len + seq_len // 4)")
         if self.seq_len < 8:
             raise ValueError("data.seq_len must be >= 8")
         if self.batch_size < 1:
@@ -426,6 +454,46 @@ class DataConfig:
             raise ValueError("data.num_workers must be >= 0")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError("data.valid_fraction must be in [0, 1)")
+
+
+# --------------------------------------------------------------------------------------------
+# Optimisation (shared by pretraining and fine-tuning). Owned by blankfill.train.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW and the learning-rate schedule (spec §3.4). Defaults: GLM-Base/Large pretraining."""
+
+    lr: float = 4e-4  # peak learning rate, reached at the end of warmup
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
+    warmup: float = 0.05  # fraction of decay_steps spent in linear warmup from 0
+    decay_steps: int = 0  # warmup + decay length in optimizer steps; 0 = the run's max_steps
+    min_lr_ratio: float = 0.05  # the decay ends at min_lr_ratio * lr and stays there
+    weight_decay: float = 0.1  # AdamW decay; never on biases or LayerNorm parameters
+    beta1: float = 0.9  # Adam beta1
+    beta2: float = 0.98  # Adam beta2
+    eps: float = 1e-6  # Adam epsilon
+    clip_grad: float = 1.0  # max global gradient L2 norm; 0 disables clipping
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"optim.warmup must be in [0, 1) (a fraction), got {self.warmup}")
+        if self.decay_steps < 0:
+            raise ValueError("optim.decay_steps must be >= 0 (0 = train.max_steps)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("optim.min_lr_ratio must be in [0, 1]")
+        if self.weight_decay < 0:
+            raise ValueError("optim.weight_decay must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"optim.{name} must be in [0, 1)")
+        if self.eps <= 0:
+            raise ValueError("optim.eps must be > 0")
+        if self.clip_grad < 0:
+            raise ValueError("optim.clip_grad must be >= 0 (0 disables clipping)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,6 +554,7 @@ __all__ = [
     "DataConfig",
     "DecodingConfig",
     "ModelConfig",
+    "OptimConfig",
     "PRESETS",
     "apply_overrides",
     "field",
