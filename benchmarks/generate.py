@@ -94,15 +94,34 @@ def main() -> None:
                 dt = time.perf_counter() - t0
                 assert n == B * args.new_tokens, f"{name} generated {n} tokens"
                 times[name].append(dt)
-                print(json.dumps({"impl": name, "batch": B, "repeat": rep, "seconds": round(dt, 4),
-                                  "tokens_per_s": round(n / dt, 1)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "impl": name,
+                            "batch": B,
+                            "repeat": rep,
+                            "seconds": round(dt, 4),
+                            "tokens_per_s": round(n / dt, 1),
+                        }
+                    ),
+                    flush=True,
+                )
         tps = {k: B * args.new_tokens / statistics.median(v) for k, v in times.items()}
-        print(json.dumps({
-            "summary": True, "batch": B, "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
-            "blankfill_tokens_per_s": round(tps["blankfill"], 1), "hf_tokens_per_s": round(tps["hf"], 1),
-            "ratio": round(tps["blankfill"] / tps["hf"], 3),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "summary": True,
+                    "batch": B,
+                    "prompt_len": args.prompt_len,
+                    "new_tokens": args.new_tokens,
+                    "threads": torch.get_num_threads(),
+                    "blankfill_tokens_per_s": round(tps["blankfill"], 1),
+                    "hf_tokens_per_s": round(tps["hf"], 1),
+                    "ratio": round(tps["blankfill"] / tps["hf"], 3),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

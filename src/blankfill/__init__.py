@@ -1,19 +1,28 @@
 """blankfill: GLM (General Language Model) pretraining with autoregressive blank infilling."""
 
-from .config import ModelConfig, preset
+from .config import DecodingConfig, ModelConfig, preset
+from .filling import BlankFiller, FillResult, fill
+from .generate import Fill, InfillIds, generate
 from .model import GLM, KVCache, build_attention_mask, count_parameters
 from .tokenizer import SpecialTokens, Tokenizer, load_tokenizer, train_tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlankFiller",
+    "DecodingConfig",
+    "Fill",
+    "FillResult",
     "GLM",
+    "InfillIds",
     "KVCache",
     "ModelConfig",
     "SpecialTokens",
     "Tokenizer",
     "build_attention_mask",
     "count_parameters",
+    "fill",
+    "generate",
     "load_tokenizer",
     "preset",
     "train_tokenizer",

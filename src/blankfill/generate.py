@@ -141,6 +141,8 @@ class InfillIds:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> InfillIds:
+        """Blanks, [sop], [eop], [pad]; stop also at eos (official); never generate the other
+        command tokens or the vocabulary's padding rows."""
         s = tokenizer.special
         specials = {s.pad, s.cls, s.sop, *tokenizer.mask_ids} - {s.eos, s.eop}
         padding = range(tokenizer.vocab_size, tokenizer.padded_vocab_size)
@@ -149,7 +151,7 @@ class InfillIds:
             sop=s.sop,
             eop=s.eop,
             pad=s.pad,
-            stop=(s.eos,) if s.eos not in (s.eop, s.pad) else (),
+            stop=(s.eos,) if s.eos != s.eop else (),
             banned=tuple(sorted(specials | set(padding))),
         )
 
@@ -326,9 +328,7 @@ def _sample_round(
         if t == M - 1 or bool(finished.all()):
             break
         # Rows without a later blank may feed anything: keep their slots valid (no mask needed).
-        logits = dec.step(
-            torch.where(going, tok, pad), pos[:, :, t + 1 : t + 2], going | ~later
-        )
+        logits = dec.step(torch.where(going, tok, pad), pos[:, :, t + 1 : t + 2], going | ~later)
     # A fill cut at max_new_tokens has an unfed last token; feed it if a later blank will look.
     cut = later & ~ended & (count == M)
     if bool(cut.any()):

@@ -1,0 +1,305 @@
+"""Blank filling on text: ``fill(model, tokenizer, text, **decoding)`` and ``blankfill fill``.
+
+The prompt is built as the official ``generate_samples.py`` builds it (spec §4.4): ``[CLS]`` +
+the text's tokens + ``[eos]``, except that no ``[eos]`` follows a final ``[gMASK]``; a text with
+no blank gets ``[gMASK]`` appended (``[MASK]`` for vocabularies without task masks). Blanks are
+filled left to right by :func:`blankfill.generate.generate`; the filled text replaces each blank
+marker (and the whitespace it absorbed) with its fill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import re
+import sys
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import DecodingConfig
+from .generate import Fill, InfillIds, decoding_config, generate
+from .model import GLM
+from .tokenizer import ROLE_TEXT, Tokenizer
+
+# --------------------------------------------------------------------------------------------
+# Python API
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class FillResult:
+    """One prompt, filled."""
+
+    prompt: str  # the text as given
+    text: str  # the text with every blank replaced by its fill
+    fills: tuple[Fill, ...]  # one per blank, left to right (``Fill.text`` is set)
+    prompt_ids: tuple[int, ...]  # Part A as fed to the model ([CLS] ... [eos])
+
+
+def check_compatible(model: GLM, tokenizer: Tokenizer, reference: Tokenizer | None = None) -> None:
+    """Raise a one-line ValueError unless ``tokenizer`` belongs to ``model``.
+
+    Args:
+        reference: the tokenizer saved with the model, if any; its special ids must agree.
+    """
+    V = model.config.vocab_size
+    if tokenizer.padded_vocab_size != V:
+        raise ValueError(
+            f"tokenizer and model do not belong together: the tokenizer's padded vocabulary is "
+            f"{tokenizer.padded_vocab_size} rows but the model has {V}; use the tokenizer saved "
+            "with the model"
+        )
+    if reference is not None and reference.special != tokenizer.special:
+        diff = [
+            f"{k} {v} vs {reference.special.to_dict()[k]}"
+            for k, v in tokenizer.special.to_dict().items()
+            if v != reference.special.to_dict()[k]
+        ]
+        raise ValueError(
+            "tokenizer and model do not belong together: special ids differ from the tokenizer "
+            f"saved with the model ({', '.join(diff)})"
+        )
+
+
+def blank_pattern(tokenizer: Tokenizer) -> re.Pattern[str]:
+    """Regex of a blank marker as typed in text, with the whitespace it absorbs (official lstrip)."""
+    roles = [r for r in ("mask", "smask", "gmask") if getattr(tokenizer.special, r) is not None]
+    texts = {ROLE_TEXT[r] for r in roles}
+    texts |= {alias for text, alias in tokenizer.aliases.items() if text in texts}
+    alternatives = "|".join(map(re.escape, sorted(texts, key=len, reverse=True)))
+    return re.compile(rf"(\s*)(?:{alternatives})")
+
+
+def build_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Part A of ``text``, built as the official code builds it (see the module docstring)."""
+    s = tokenizer.special
+    ids = tokenizer.encode(text)
+    if not set(tokenizer.mask_ids).intersection(ids):
+        ids.append(s.gmask if s.gmask is not None else s.mask)
+    return [s.cls, *ids] + ([] if s.gmask is not None and ids[-1] == s.gmask else [s.eos])
+
+
+def _segments(tokenizer: Tokenizer, text: str, n_blanks: int) -> tuple[list[str], list[str]]:
+    """The text around the blanks, and the whitespace each blank absorbed."""
+    parts, spaces, last = [], [], 0
+    for m in blank_pattern(tokenizer).finditer(text):
+        parts.append(text[last : m.start()])
+        spaces.append(m.group(1))
+        last = m.end()
+    parts.append(text[last:])
+    if not spaces:  # no blank typed: the appended one fills the end
+        return [text, ""], [" " if text and not text[-1].isspace() else ""]
+    if len(spaces) != n_blanks:
+        raise ValueError(
+            f"found {len(spaces)} blank marker(s) in the text but {n_blanks} blank token(s) after "
+            "tokenizing it; write blanks as [MASK], [sMASK] or [gMASK]"
+        )
+    return parts, spaces
+
+
+def _join(space: str, fill_text: str) -> str:
+    """A fill that brings its own leading space (byte-level BPE) replaces the absorbed one."""
+    return fill_text if fill_text[:1].isspace() else space + fill_text
+
+
+def fill(
+    model: GLM,
+    tokenizer: Tokenizer,
+    text: str | Sequence[str],
+    decoding: DecodingConfig | None = None,
+    *,
+    on_token: Callable[[int, int, list[int]], None] | None = None,
+    **overrides: Any,
+) -> FillResult | list[FillResult]:
+    """Fill every blank of ``text`` (or of each text of a list, decoded as one padded batch).
+
+    Args:
+        model: a GLM whose vocabulary is the tokenizer's (checked).
+        tokenizer: its tokenizer.
+        text: a prompt, or a list of prompts.
+        decoding: decoding settings; ``overrides`` replace fields (``strategy="beam"``, ...).
+        on_token: streaming callback ``(prompt index, blank index, new token ids)``.
+
+    Returns:
+        A ``FillResult`` (a list of them for a list of texts).
+    """
+    check_compatible(model, tokenizer)
+    texts = [text] if isinstance(text, str) else list(text)
+    prompts = [build_prompt(tokenizer, t) for t in texts]
+    cfg = decoding_config(decoding, **overrides)
+    was_training = model.training
+    model.eval()
+    try:
+        rows = generate(
+            model, prompts, ids=InfillIds.from_tokenizer(tokenizer), decoding=cfg, on_token=on_token
+        )
+    finally:
+        model.train(was_training)
+    results = []
+    for t, p, row in zip(texts, prompts, rows, strict=True):
+        parts, spaces = _segments(tokenizer, t, len(row))
+        fills = tuple(
+            dataclasses.replace(f, text=tokenizer.decode(f.token_ids, skip_special_tokens=True))
+            for f in row
+        )
+        out = parts[0] + "".join(
+            _join(sp, f.text) + part for sp, f, part in zip(spaces, fills, parts[1:], strict=True)
+        )
+        results.append(FillResult(prompt=t, text=out, fills=fills, prompt_ids=tuple(p)))
+    return results[0] if isinstance(text, str) else results
+
+
+class BlankFiller:
+    """A model and its tokenizer, checked to belong together: ``BlankFiller(m, t).fill(text)``."""
+
+    def __init__(self, model: GLM, tokenizer: Tokenizer) -> None:
+        check_compatible(model, tokenizer)
+        self.model, self.tokenizer = model.eval(), tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, tokenizer: str | Path | None = None) -> BlankFiller:
+        """Load a model folder (``save_pretrained``) and its tokenizer (or the one at ``tokenizer``)."""
+        from .pretrained import load_pretrained
+        from .tokenizer import SPECIAL_FILE, load_tokenizer
+
+        model = load_pretrained(path)
+        saved = load_tokenizer(path) if (Path(path) / SPECIAL_FILE).is_file() else None
+        if tokenizer is None and saved is None:
+            raise ValueError(f"no tokenizer saved in {path}; pass --tokenizer DIR")
+        tok = load_tokenizer(tokenizer) if tokenizer is not None else saved
+        check_compatible(model, tok, reference=saved)
+        return cls(model, tok)
+
+    def fill(self, text: str | Sequence[str], decoding: DecodingConfig | None = None, **kw: Any):
+        """``blankfill.fill`` with this model and tokenizer."""
+        return fill(self.model, self.tokenizer, text, decoding, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: blankfill fill --model DIR [TEXT | -]
+# --------------------------------------------------------------------------------------------
+
+
+def _field_help() -> dict[str, str]:
+    """Each DecodingConfig field's trailing comment (one source of truth for the flags' help)."""
+    src = inspect.getsource(DecodingConfig)
+    return dict(re.findall(r"^\s+(\w+): [^=]+= [^#\n]+#\s*(.+)$", src, flags=re.M))
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="?", help="a prompt; '-' or absent: one prompt per line of stdin")
+    p.add_argument("--model", required=True, help="model folder (save_pretrained)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the one in --model)")
+    p.add_argument("--file", help="read prompts from this file, one per line")
+    p.add_argument("--batch-size", type=int, default=1, help="prompts per batch (1: stream)")
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    helps = _field_help()
+    hints = typing.get_type_hints(DecodingConfig)
+    g = p.add_argument_group("decoding")
+    for f in dataclasses.fields(DecodingConfig):
+        choices = typing.get_args(hints[f.name]) if f.name == "strategy" else None
+        g.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            choices=choices,
+            metavar=None if choices else f.name.split("_")[-1].upper(),
+            help=f"{helps.get(f.name, '')} (default: {f.default})",
+        )
+
+
+def _prompts(args: argparse.Namespace) -> Iterator[str]:
+    if args.file:
+        with open(args.file, encoding="utf-8") as fh:
+            yield from (line.rstrip("\n") for line in fh if line.strip())
+    elif args.text is not None and args.text != "-":
+        yield args.text
+    else:
+        yield from (line.rstrip("\n") for line in sys.stdin if line.strip())
+
+
+class _Streamer:
+    """Prints one prompt's filled text as its tokens arrive (held back mid multi-byte character)."""
+
+    def __init__(self, tokenizer: Tokenizer, text: str, n_blanks: int, out: Any) -> None:
+        self.tok, self.out = tokenizer, out
+        self.parts, self.spaces = _segments(tokenizer, text, n_blanks)
+        self.blank, self.ids, self.shown = -1, [], ""
+        self.out.write(self.parts[0])
+
+    def _show(self, final: bool) -> None:
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") and not final:
+            return  # wait for the rest of a multi-byte character
+        new = text[len(self.shown) :] if text.startswith(self.shown) else ""
+        if new and not self.shown:
+            new = _join(self.spaces[self.blank], new)
+        elif final and not text:
+            new = self.spaces[self.blank]
+        self.out.write(new)
+        self.out.flush()
+        self.shown = text
+
+    def _close(self) -> None:
+        if self.blank >= 0:
+            self._show(final=True)
+            self.out.write(self.parts[self.blank + 1])
+
+    def token(self, blank: int, ids: list[int]) -> None:
+        while self.blank < blank:
+            self._close()
+            self.blank, self.ids, self.shown = self.blank + 1, [], ""
+        self.ids += ids
+        self._show(final=False)
+
+    def finish(self) -> None:
+        self.token(len(self.spaces) - 1, [])
+        self._close()
+        self.out.write("\n")
+        self.out.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(DecodingConfig)
+        if getattr(args, f.name) is not None
+    }
+    cfg = decoding_config(**settings)  # bad settings fail before the model loads
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    filler = BlankFiller.from_pretrained(args.model, args.tokenizer)
+    stream = args.batch_size == 1 and not args.json
+    batch: list[str] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        if stream:
+            n = sum(
+                t in filler.tokenizer.mask_ids for t in build_prompt(filler.tokenizer, batch[0])
+            )
+            printer = _Streamer(filler.tokenizer, batch[0], n, sys.stdout)
+            filler.fill(batch, cfg, on_token=lambda b, r, ids: printer.token(r, ids))
+            printer.finish()
+        else:
+            for r in filler.fill(batch, cfg):
+                if args.json:
+                    fills = [{**dataclasses.asdict(f), "logprob": f.logprob} for f in r.fills]
+                    print(json.dumps({"prompt": r.prompt, "text": r.text, "fills": fills}))
+                else:
+                    print(r.text)
+            sys.stdout.flush()
+        batch.clear()
+
+    for line in _prompts(args):
+        batch.append(line)
+        if len(batch) == args.batch_size:
+            flush()
+    flush()
+    return 0

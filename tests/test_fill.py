@@ -1,0 +1,142 @@
+"""Blank filling on text: prompt construction, results, model/tokenizer checks, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+import pytest
+import torch
+
+from blankfill import cli
+from blankfill.filling import BlankFiller, build_prompt, check_compatible, fill
+from blankfill.generate import InfillIds, generate
+from blankfill.model import GLM
+from blankfill.pretrained import save_pretrained
+from blankfill.testing import tiny_config
+from blankfill.tokenizer import Tokenizer, train_tokenizer
+
+TEXTS = [
+    "the cat sat on the mat.",
+    "a dog ran in the park!",
+    "Paris is the capital of France.",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return train_tokenizer(TEXTS, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def model(tok) -> GLM:
+    torch.manual_seed(0)
+    return GLM(tiny_config(vocab_size=tok.padded_vocab_size)).eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, model, tok):
+    return save_pretrained(model, tmp_path_factory.mktemp("m"), tok)
+
+
+def test_prompt_is_built_as_the_official_code(tok):
+    s = tok.special
+    ids = tok.encode("the cat [MASK] on the mat.")
+    assert build_prompt(tok, "the cat [MASK] on the mat.") == [s.cls, *ids, s.eos]
+    assert build_prompt(tok, "the cat [gMASK]") == [s.cls, *tok.encode("the cat [gMASK]")]
+    no_blank = build_prompt(tok, "the cat sat")
+    assert no_blank == [s.cls, *tok.encode("the cat sat"), s.gmask]
+
+
+def test_fill_text_and_structured_fills(model, tok):
+    r = fill(model, tok, "the cat [MASK] on the [sMASK] park!", max_new_tokens=5)
+    assert len(r.fills) == 2 and r.fills[0].position < r.fills[1].position
+    assert r.text == f"the cat{_lead(r.fills[0].text)} on the{_lead(r.fills[1].text)} park!"
+    ids = build_prompt(tok, "the cat [MASK] on the [sMASK] park!")
+    assert r.prompt_ids == tuple(ids)
+    core = generate(model, [ids], ids=InfillIds.from_tokenizer(tok), max_new_tokens=5)[0]
+    assert [f.token_ids for f in r.fills] == [f.token_ids for f in core]
+    for f in r.fills:
+        assert f.text == tok.decode(f.token_ids, skip_special_tokens=True)
+        banned = set(InfillIds.from_tokenizer(tok).banned)
+        assert not banned.intersection(f.token_ids)  # no command tokens, no padding rows
+    cont = fill(model, tok, "the cat sat", max_new_tokens=4)
+    assert cont.text.startswith("the cat sat") and len(cont.fills) == 1
+
+
+def _lead(text: str) -> str:
+    return text if text[:1].isspace() else " " + text
+
+
+def test_batch_of_texts_equals_one_by_one(model, tok):
+    prompts = ["the [MASK] sat.", "a dog ran in the [MASK] and [MASK]!", "Paris [gMASK]"]
+    for kw in ({}, {"strategy": "beam", "num_beams": 2}):
+        batch = fill(model, tok, prompts, max_new_tokens=4, **kw)
+        assert [r.text for r in batch] == [
+            fill(model, tok, p, max_new_tokens=4, **kw).text for p in prompts
+        ]
+
+
+def test_filler_from_pretrained(model_dir, model, tok):
+    filler = BlankFiller.from_pretrained(model_dir)
+    assert filler.fill("the [MASK] sat.", max_new_tokens=3) == fill(
+        model, tok, "the [MASK] sat.", max_new_tokens=3
+    )
+
+
+def test_model_and_tokenizer_that_do_not_belong_together(tok):
+    other = GLM(tiny_config(vocab_size=tok.padded_vocab_size + 128))
+    with pytest.raises(ValueError, match="padded vocabulary is 384 rows but the model has 512"):
+        fill(other, tok, "the [MASK]")
+    s = tok.special
+    swapped = Tokenizer(tok.backend, dataclasses.replace(s, sop=s.eop, eop=s.sop), kind="bpe")
+    with pytest.raises(ValueError, match="special ids differ.*sop 6 vs 5"):
+        check_compatible(GLM(tiny_config(vocab_size=tok.padded_vocab_size)), swapped, reference=tok)
+
+
+def _cli(argv, capsys, stdin: str | None = None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_streams_the_same_text_as_json(model_dir, capsys, monkeypatch):
+    prompt = "the cat [MASK] on the [MASK]."
+    code, streamed, _ = _cli(
+        ["fill", "--model", str(model_dir), prompt, "--max-new-tokens", "4"], capsys
+    )
+    assert code == 0
+    code, js, _ = _cli(
+        ["fill", "--model", str(model_dir), prompt, "--max-new-tokens=4", "--json"], capsys
+    )
+    record = json.loads(js)
+    assert streamed == record["text"] + "\n"
+    assert len(record["fills"]) == 2 and {"text", "token_ids", "logprobs", "logprob"} <= set(
+        record["fills"][0]
+    )
+    lines = "the [MASK] sat.\n\na dog [MASK]!\n"
+    code, out, _ = _cli(
+        ["fill", "--model", str(model_dir), "--max-new-tokens", "3", "--batch-size", "2", "-"],
+        capsys,
+        lines,
+        monkeypatch,
+    )
+    assert code == 0 and len(out.splitlines()) == 2 and out.splitlines()[1].startswith("a dog")
+    code, out1, _ = _cli(
+        ["fill", "--model", str(model_dir), "--max-new-tokens", "3"], capsys, lines, monkeypatch
+    )
+    assert out1 == out  # streamed one by one == batched
+
+
+def test_cli_errors_are_one_line(model_dir, capsys):
+    long = "the cat " * 40 + "[MASK]"
+    for argv, msg in [
+        ([long], "prompt 0 is "),
+        (["x [MASK]", "--top-p", "2"], "decoding.top_p must be in (0, 1]"),
+        (["x [MASK]", "--max-new-tokens", "200"], "use at most 63"),
+    ]:
+        code, _, err = _cli(["fill", "--model", str(model_dir), *argv], capsys)
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
