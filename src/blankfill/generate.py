@@ -416,7 +416,7 @@ def _beam_round(
                     if len(chosen) == K:
                         break
                 done[b] = hyps[b].done(max(top_l[b]), t + 1)
-            chosen += [(b * K, pad, 0.0)] * (K - len(chosen))  # a finished prompt idles
+            chosen += [(b * K, pad, float("-inf"))] * (K - len(chosen))  # idle beams
             for row, tok, s in chosen:
                 nxt_row.append(row), nxt_tok.append(tok), nxt_score.append(s)
         index = torch.tensor(nxt_row, device=dec.device)
