@@ -46,7 +46,9 @@ class _RankZeroFilter(logging.Filter):
 
 def setup_logging(verbose: bool = False, rank: int = 0) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
     handler.addFilter(_RankZeroFilter(rank))
     root = logging.getLogger()
     root.handlers[:] = [handler]

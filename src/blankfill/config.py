@@ -267,7 +267,11 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=384, num_layers=2, hidden_size=64, num_attention_heads=4, max_sequence_length=64
     ),
     "glm-small": _preset(
-        vocab_size=8192, num_layers=6, hidden_size=512, num_attention_heads=8, max_sequence_length=512
+        vocab_size=8192,
+        num_layers=6,
+        hidden_size=512,
+        num_attention_heads=8,
+        max_sequence_length=512,
     ),
     "glm-base": _preset(num_layers=12, hidden_size=768, num_attention_heads=12),
     "glm-large": _preset(num_layers=24, hidden_size=1024, num_attention_heads=16),
@@ -334,7 +338,9 @@ def model_config_from_hub(data: dict[str, Any], source: str = "config.json") -> 
         elif key in ours_fields:
             ours[key] = value
         elif key not in HUB_IGNORED_KEYS:
-            raise ConfigError(f"{source}: unknown hub config key {key!r}{_nearest(key, ours_fields)}")
+            raise ConfigError(
+                f"{source}: unknown hub config key {key!r}{_nearest(key, ours_fields)}"
+            )
     return from_dict(ModelConfig, ours)
 
 
