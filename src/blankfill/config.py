@@ -434,6 +434,46 @@ class DataConfig:
             raise ValueError("data.valid_fraction must be in [0, 1)")
 
 
+# --------------------------------------------------------------------------------------------
+# Optimisation (shared by pretraining and fine-tuning). Owned by blankfill.train.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW and the learning-rate schedule (spec §3.4). Defaults: GLM-Base/Large pretraining."""
+
+    lr: float = 4e-4  # peak learning rate, reached at the end of warmup
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
+    warmup: float = 0.05  # fraction of decay_steps spent in linear warmup from 0
+    decay_steps: int = 0  # warmup + decay length in optimizer steps; 0 = the run's max_steps
+    min_lr_ratio: float = 0.05  # the decay ends at min_lr_ratio * lr and stays there
+    weight_decay: float = 0.1  # AdamW decay; never on biases or LayerNorm parameters
+    beta1: float = 0.9  # Adam beta1
+    beta2: float = 0.98  # Adam beta2
+    eps: float = 1e-6  # Adam epsilon
+    clip_grad: float = 1.0  # max global gradient L2 norm; 0 disables clipping
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"optim.warmup must be in [0, 1) (a fraction), got {self.warmup}")
+        if self.decay_steps < 0:
+            raise ValueError("optim.decay_steps must be >= 0 (0 = train.max_steps)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("optim.min_lr_ratio must be in [0, 1]")
+        if self.weight_decay < 0:
+            raise ValueError("optim.weight_decay must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"optim.{name} must be in [0, 1)")
+        if self.eps <= 0:
+            raise ValueError("optim.eps must be > 0")
+        if self.clip_grad < 0:
+            raise ValueError("optim.clip_grad must be >= 0 (0 disables clipping)")
+
+
 def pad_vocab(n: int, multiple: int = 128) -> int:
     """Round a vocabulary size up to a multiple (official ``--make-vocab-size-divisible-by``)."""
     return int(math.ceil(n / multiple) * multiple)
@@ -444,6 +484,7 @@ __all__ = [
     "CorruptConfig",
     "DataConfig",
     "ModelConfig",
+    "OptimConfig",
     "PRESETS",
     "apply_overrides",
     "field",

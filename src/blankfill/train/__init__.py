@@ -1,0 +1,1 @@
+"""Training: the optimizer and schedule, checkpoints, distributed wrapping, the pretraining loop."""
