@@ -17,6 +17,7 @@ import sys
 # name -> (module, one-line help). The single list of subcommands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("blankfill.info", "show a model preset or model folder: config and parameter count"),
+    "convert": ("blankfill.convert", "official GLM checkpoints (hub, mp_rank_*) to/from ours"),
 }
 
 
