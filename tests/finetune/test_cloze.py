@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from stubtok import WordTokenizer
 
 from blankfill.finetune.cloze import (
     ClassifierHead,
@@ -19,6 +18,7 @@ from blankfill.finetune.cloze import (
 from blankfill.finetune.tasks import TASKS
 from blankfill.model import GLM
 from blankfill.testing import tiny_config
+from blankfill.tokenizer import train_tokenizer
 
 COPA = [
     {"premise": "The man fell", "choice1": "he slipped on the wet ice", "choice2": "he ate",
@@ -36,8 +36,8 @@ CB = [
 
 @pytest.fixture
 def setup():
-    texts = [str(r) for r in COPA + CB] + [" No Yes Maybe because so"]
-    tok = WordTokenizer(texts)
+    texts = [" ".join(map(str, r.values())) for r in COPA + CB] + [" No Yes Maybe because so"] * 9
+    tok = train_tokenizer(texts, vocab_size=384)
     model = GLM(tiny_config()).eval()
     return tok, model
 

@@ -6,7 +6,6 @@ import json
 import random
 
 import torch
-from stubtok import WordTokenizer
 
 from blankfill.config import load_finetune_config
 from blankfill.finetune.runner import evaluate_cloze, finetune_cloze
@@ -14,6 +13,7 @@ from blankfill.finetune.tasks import ClozeTask
 from blankfill.model import GLM
 from blankfill.pretrained import load_pretrained
 from blankfill.testing import tiny_config
+from blankfill.tokenizer import train_tokenizer
 
 COLOURS = {"red": ["apple", "cherry", "blood", "ruby"], "green": ["grass", "leaf", "frog", "lime"]}
 SENTIMENT = ClozeTask(
@@ -37,7 +37,7 @@ def synthetic(n: int, seed: int) -> list[dict]:
 
 def test_finetuning_a_tiny_model_reaches_90_percent(tmp_path):
     train, valid = synthetic(160, 0), synthetic(64, 1)
-    tok = WordTokenizer([r["text"] for r in train + valid] + [" Colour: Red Green."])
+    tok = train_tokenizer([r["text"] for r in train] + [" Colour: Red. Colour: Green."] * 9, 384)
     torch.manual_seed(0)
     model = GLM(tiny_config())
     cfg = load_finetune_config(None, ["optim.lr=3e-3", "finetune.device=cpu"])
@@ -57,7 +57,7 @@ def test_finetuning_a_tiny_model_reaches_90_percent(tmp_path):
 
 def test_classifier_head_ablation_trains(tmp_path):
     train, valid = synthetic(128, 0), synthetic(48, 1)
-    tok = WordTokenizer([r["text"] for r in train + valid] + [" Colour: Red Green."])
+    tok = train_tokenizer([r["text"] for r in train] + [" Colour: Red. Colour: Green."] * 9, 384)
     torch.manual_seed(0)
     model = GLM(tiny_config())
     cfg = load_finetune_config(
