@@ -18,6 +18,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("blankfill.info", "show a model preset or model folder: config and parameter count"),
     "convert": ("blankfill.convert", "official GLM checkpoints (hub, mp_rank_*) to/from ours"),
+    "finetune": ("blankfill.finetune.command", "fine-tune on a cloze (SuperGLUE, SST-2, TOML) or seq2seq task"),
+    "evaluate": ("blankfill.eval", "evaluate a model: cloze task metrics, LAMBADA, perplexity, ROUGE"),
 }
 
 
@@ -57,7 +59,14 @@ def setup_logging(verbose: bool = False, rank: int = 0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Subcommands that set ``_dotted_overrides`` take config overrides as --section.key=value.
+    if extra and not (getattr(args, "_dotted_overrides", False) and all(
+        e.startswith("--") and "." in e.split("=")[0] for e in extra
+    )):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = [e[2:] for e in extra]
     setup_logging(args.verbose, int(os.environ.get("RANK", "0")))
     try:
         return int(args._run(args) or 0)

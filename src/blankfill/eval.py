@@ -121,35 +121,29 @@ def majority_baseline(task: ClozeTask, train: Sequence[dict], valid: Sequence[di
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--task",
-        required=True,
-        help="a cloze task (boolq, cb, copa, rte, wic, wsc, multirc, record, sst2, or "
-        "a task .toml), lambada, ppl (perplexity of a text file), or seq2seq",
-    )
-    p.add_argument("--data", required=True, help="the data file (.jsonl, .tsv, .txt, .source)")
-    p.add_argument("--model", required=True, help="model folder (config.json, weights, tokenizer)")
-    p.add_argument("--out", default=None, help="write the metrics JSON here (default: stdout only)")
+    p.add_argument("--task", required=True,
+                   help="a cloze task (boolq, cb, copa, rte, wic, wsc, multirc, record, sst2, or "
+                   "a task .toml); lambada; ppl (perplexity of a text file); or seq2seq")  # fmt: skip
+    p.add_argument("--data", required=True, help="data file (.jsonl, .tsv, .txt, .source)")
+    p.add_argument("--model", required=True, help="model folder (weights + tokenizer), "
+                   "pretrained (zero-shot) or written by blankfill finetune")  # fmt: skip
+    p.add_argument("--out", default=None, help="also write the result JSON to this file")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--pattern-id", type=int, default=None, help="cloze pattern (task default)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-seq-len", type=int, default=None, help="default: task / model maximum")
-    p.add_argument(
-        "--length-penalty",
-        type=float,
-        default=0.0,
-        help="multi-token answers: score / len**length_penalty",
-    )
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward")
+    p.add_argument("--max-seq-len", type=int, default=None, help="default: task/model maximum")
+    p.add_argument("--length-penalty", type=float, default=None,
+                   help="multi-token answers: score / len**length_penalty (default 0)")  # fmt: skip
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
-    p.add_argument(
-        "--unidirectional",
-        action="store_true",
-        help="lambada/ppl: left-to-right only (no bidirectional Part A)",
-    )
-    p.add_argument("--stride", type=int, default=256, help="ppl: tokens scored per window")
-    p.add_argument("--seq2seq", default=None, help="seq2seq: decoding options as key=value,...")
+    p.add_argument("--unidirectional", action="store_true",
+                   help="lambada/ppl: left-to-right only (no bidirectional Part A)")  # fmt: skip
+    p.add_argument("--stride", type=int, default=256, help="ppl: new tokens scored per window")
+    p.add_argument("--decoding", default="",
+                   help="seq2seq: key=value,... e.g. num_beams=5,length_penalty=0.7,"
+                   "min_length=55,no_repeat_ngram_size=3,max_new_tokens=160")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    from .finetune.evaluate import run_evaluate
+    from .finetune.cli import run_evaluate
 
     return run_evaluate(args)
