@@ -500,6 +500,7 @@ class FinetuneConfig:
     batch_size: int | None = None  # examples per optimizer step; None: official (16, 64 ...)
     max_seq_len: int | None = None  # tokens per input; None: official (capped by the model)
     length_penalty: float = 0.0  # multi-token answers: score / len ** length_penalty
+    max_target_len: int = 160  # seq2seq: target tokens kept (incl. [eop]); CNN/DM uses 160
     label_smoothing: float = 0.1  # seq2seq: weight of the uniform term in the target loss
     eval_batch_size: int = 32  # examples per evaluation forward
     seed: int = 1234  # shuffling and head init depend on (seed, epoch) only

@@ -54,8 +54,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def selection_score(metrics: dict[str, float]) -> float:
-    """The number the best checkpoint is chosen by: the mean of the task's metrics."""
-    return sum(metrics.values()) / max(len(metrics), 1)
+    """The number the best checkpoint is chosen by: the mean of the task's metrics (higher is
+    better; losses are reported but not used)."""
+    values = [v for k, v in metrics.items() if not k.endswith("loss")]
+    return sum(values) / max(len(values), 1)
 
 
 def save_finetuned(model, out: Path, tokenizer, head: nn.Module | None, info: dict) -> None:
