@@ -18,8 +18,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("blankfill.info", "show a model preset or model folder: config and parameter count"),
     "convert": ("blankfill.convert", "official GLM checkpoints (hub, mp_rank_*) to/from ours"),
-    "finetune": ("blankfill.finetune.command", "fine-tune on a cloze (SuperGLUE, SST-2, TOML) or seq2seq task"),
-    "evaluate": ("blankfill.eval", "evaluate a model: cloze task metrics, LAMBADA, perplexity, ROUGE"),
+    "prepare": ("blankfill.data.cli_prepare", "tokenize a text corpus into a token store"),
+    "inspect": ("blankfill.data.cli_inspect", "show a corrupted sample: Part A/B, positions, mask"),
+    "finetune": ("blankfill.finetune.command", "fine-tune on a cloze or seq2seq task"),
+    "evaluate": ("blankfill.eval", "evaluate: cloze metrics, LAMBADA, perplexity, ROUGE"),
 }
 
 

@@ -412,6 +412,10 @@ class CorruptConfig:
             raise ValueError("corrupt.poisson_lambda must be > 0")
         if self.max_span_length < 2:
             raise ValueError("corrupt.max_span_length must be >= 2")
+        if self.mix_per not in ("sample", "batch"):
+            raise ValueError(f"corrupt.mix_per must be 'sample' or 'batch', got {self.mix_per!r}")
+        if not 0.0 <= self.document_suffix_prob <= 1.0:
+            raise ValueError("corrupt.document_suffix_prob must be in [0, 1]")
         if not 0.0 < self.document_min_ratio <= 1.0:
             raise ValueError("corrupt.document_min_ratio must be in (0, 1]")
         probs = (self.token_prob, self.sentence_prob, self.document_prob)
@@ -433,8 +437,15 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes
     seed: int = 1234  # the sample stream depends on (seed, epoch, sample index) only
     valid_fraction: float = 0.0  # documents held out for validation (by document)
+    valid_store: str = ""  # a separate store for validation (overrides valid_fraction)
+    sample_across_doc: bool = True  # fill short samples with more documents (official default)
+    pack_len: int = 0  # layout "pack": row length in tokens; 0: seq_len + seq_len // 4
 
     def __post_init__(self) -> None:
+        if self.layout not in ("pad", "pack"):
+            raise ValueError(f"data.layout must be 'pad' or 'pack', got {self.layout!r}")
+        if self.pack_len < 0:
+            raise ValueError("data.pack_len must be >= 0 (0: seq_len + seq_len // 4)")
         if self.seq_len < 8:
             raise ValueError("data.seq_len must be >= 8")
         if self.batch_size < 1:
