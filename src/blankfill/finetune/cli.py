@@ -74,9 +74,14 @@ def run_finetune(args: argparse.Namespace) -> int:
         bar = tqdm(desc=f"finetune {task.name}", unit="step")
         result = finetune_cloze(model, tokenizer, task, train, valid, cfg, out_dir=out,
                                 on_step=lambda s: _tick(bar, s))  # fmt: skip
+        if not task.multi_token:
+            from ..eval import majority_baseline
+
+            result["majority_baseline"] = majority_baseline(task, train, valid)
     bar.close()
-    print(json.dumps({"best": result["best"], "best_epoch": result["best_epoch"],
-                      "checkpoint": str(out / "best")}, indent=2))  # fmt: skip
+    keys = ("best", "best_epoch", "majority_baseline")
+    summary = {k: result[k] for k in keys if k in result}
+    print(json.dumps({**summary, "checkpoint": str(out / "best")}, indent=2))
     return 0
 
 
