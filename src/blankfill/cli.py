@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         e.startswith("--") and "." in e.split("=")[0] for e in extra
     )):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.overrides = [e[2:] for e in extra]
+    args.dotted_overrides = [e[2:] for e in extra]
     setup_logging(args.verbose, int(os.environ.get("RANK", "0")))
     try:
         return int(args._run(args) or 0)

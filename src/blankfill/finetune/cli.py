@@ -49,7 +49,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     from .loop import resolve_device
 
-    cfg = load_finetune_config(args.config, getattr(args, "overrides", []))
+    cfg = load_finetune_config(args.config, getattr(args, "dotted_overrides", []))
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
