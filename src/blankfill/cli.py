@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Subcommands that set ``_dotted_overrides`` take config overrides as --section.key=value.
-    if extra and not (getattr(args, "_dotted_overrides", False) and all(
-        e.startswith("--") and "." in e.split("=")[0] for e in extra
-    )):
+    if extra and not (
+        getattr(args, "_dotted_overrides", False)
+        and all(e.startswith("--") and "." in e.split("=")[0] for e in extra)
+    ):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.dotted_overrides = [e[2:] for e in extra]
     setup_logging(args.verbose, int(os.environ.get("RANK", "0")))
