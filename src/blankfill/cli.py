@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("blankfill.convert", "official GLM checkpoints (hub, mp_rank_*) to/from ours"),
     "prepare": ("blankfill.data.cli_prepare", "tokenize a text corpus into a token store"),
     "inspect": ("blankfill.data.cli_inspect", "show a corrupted sample: Part A/B, positions, mask"),
+    "finetune": ("blankfill.finetune.command", "fine-tune on a cloze or seq2seq task"),
+    "evaluate": ("blankfill.eval", "evaluate: cloze metrics, LAMBADA, perplexity, ROUGE"),
 }
 
 
@@ -60,7 +62,15 @@ def setup_logging(verbose: bool = False, rank: int = 0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Subcommands that set ``_dotted_overrides`` take config overrides as --section.key=value.
+    if extra and not (
+        getattr(args, "_dotted_overrides", False)
+        and all(e.startswith("--") and "." in e.split("=")[0] for e in extra)
+    ):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.dotted_overrides = [e[2:] for e in extra]
     setup_logging(args.verbose, int(os.environ.get("RANK", "0")))
     try:
         return int(args._run(args) or 0)

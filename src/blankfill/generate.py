@@ -223,7 +223,7 @@ class _Decoder:
         h = self.model.hidden(
             tokens.to(self.device), pos.to(self.device), context_len=sep, kv_cache=self.cache
         )  # [B, T, D]
-        return self.model.logits(h[torch.arange(B, device=self.device), lens_t])  # [B, V]
+        return self.model.logits(h[torch.arange(B, device=self.device), lens_t]).float()  # [B, V]
 
     def feed(
         self, tokens: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None
@@ -250,10 +250,9 @@ class _Decoder:
     def step(
         self, tokens: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None
     ) -> torch.Tensor:
-        """Feed one token per row (tokens [N], pos [N, 2, 1]); logits [N, V]."""
-        return self.model.logits(
-            self.feed(tokens[:, None], pos, None if valid is None else valid[:, None])
-        )
+        """Feed one token per row (tokens [N], pos [N, 2, 1]); float32 logits [N, V]."""
+        h = self.feed(tokens[:, None], pos, None if valid is None else valid[:, None])
+        return self.model.logits(h).float()
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Cache rows become ``index`` (a new batch size: expanding to or collapsing beams)."""
