@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from blankfill.config import ConfigError, DecodingConfig
-from blankfill.generate import FILTERS, InfillIds, generate
+from blankfill.filters import FILTERS
+from blankfill.generate import InfillIds, generate
 from blankfill.model import GLM
 from blankfill.testing import tiny_config
 
