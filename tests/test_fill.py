@@ -140,3 +140,22 @@ def test_cli_errors_are_one_line(model_dir, capsys):
     ]:
         code, _, err = _cli(["fill", "--model", str(model_dir), *argv], capsys)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_streamer_writes_what_fill_joins(tok):
+    from blankfill.filling import _join, _segments, _Streamer
+
+    text = "the cat [MASK] on the [MASK]. [MASK]"
+    fills = [[], tok.encode(" mat"), tok.encode("é!")[:1]]  # empty; bpe space; cut mid character
+    out = io.StringIO()
+    s = _Streamer(tok, text, 3, out)
+    for blank, ids in enumerate(fills):
+        for i in ids:
+            s.token(blank, [i])
+    s.finish()
+    parts, spaces = _segments(tok, text, 3)
+    texts = [tok.decode(f, skip_special_tokens=True) for f in fills]
+    want = parts[0] + "".join(
+        _join(sp, t) + p for sp, t, p in zip(spaces, texts, parts[1:], strict=True)
+    )
+    assert out.getvalue() == want + "\n"
