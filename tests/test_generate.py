@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from blankfill.config import ConfigError, DecodingConfig
 from blankfill.filters import FILTERS
-from blankfill.generate import InfillIds, generate
+from blankfill.generate import InfillIds, decoding_layout_, generate
 from blankfill.model import GLM
 from blankfill.testing import tiny_config
 
@@ -264,3 +264,32 @@ def test_errors(model):
         generate(model, PROMPTS, ids=IDS, min_length=70)
     with pytest.raises(ValueError, match="outside the model's 384 rows"):
         generate(model, [[CLS, 999, MASK]], ids=IDS)
+
+
+def test_decoding_layout_keeps_values_and_results(model):
+    import copy
+
+    col = decoding_layout_(copy.deepcopy(model))
+    w = col.transformer.layers[0].attention.query_key_value.weight
+    assert w.stride() == (1, w.shape[0])
+    for (k, a), b in zip(model.state_dict().items(), col.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    want = generate(model, PROMPTS, ids=IDS, max_new_tokens=5)
+    assert [
+        [f.token_ids for f in r] for r in generate(col, PROMPTS, ids=IDS, max_new_tokens=5)
+    ] == [[f.token_ids for f in r] for r in want]
+
+
+def test_decoding_layout_still_trains_the_same(model):
+    import copy
+
+    row, col = copy.deepcopy(model).train(), decoding_layout_(copy.deepcopy(model)).train()
+    ids = torch.randint(10, 300, (2, 12))
+    for m in (row, col):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+        F.cross_entropy(
+            m(ids, context_len=6)[:, :-1].flatten(0, 1), ids[:, 1:].flatten()
+        ).backward()
+        opt.step()
+    for (k, a), b in zip(row.state_dict().items(), col.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DecodingConfig
-from .generate import Fill, InfillIds, decoding_config, generate
+from .generate import Fill, InfillIds, decoding_config, decoding_layout_, generate
 from .model import GLM
 from .tokenizer import ROLE_TEXT, Tokenizer
 
@@ -159,7 +159,7 @@ class BlankFiller:
 
     def __init__(self, model: GLM, tokenizer: Tokenizer) -> None:
         check_compatible(model, tokenizer)
-        self.model, self.tokenizer = model.eval(), tokenizer
+        self.model, self.tokenizer = decoding_layout_(model.eval()), tokenizer
 
     @classmethod
     def from_pretrained(cls, path: str | Path, tokenizer: str | Path | None = None) -> BlankFiller:
