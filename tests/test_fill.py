@@ -131,15 +131,19 @@ def test_cli_streams_the_same_text_as_json(model_dir, capsys, monkeypatch):
     assert out1 == out  # streamed one by one == batched
 
 
-def test_cli_errors_are_one_line(model_dir, capsys):
+def test_cli_errors_are_one_line(model_dir, capsys, tmp_path):
     long = "the cat " * 40 + "[MASK]"
+    path = tmp_path / "prompts.txt"
+    path.write_text("the [MASK] sat.\n\n" + long + "\n")
     for argv, msg in [
-        ([long], "prompt 0 is "),
+        ([long], "prompt on line 1 is "),
+        (["--file", str(path), "--batch-size", "2"], "prompt on line 3 is "),
         (["x [MASK]", "--top-p", "2"], "decoding.top_p must be in (0, 1]"),
         (["x [MASK]", "--max-new-tokens", "200"], "use at most 63"),
     ]:
-        code, _, err = _cli(["fill", "--model", str(model_dir), *argv], capsys)
+        code, out, err = _cli(["fill", "--model", str(model_dir), *argv], capsys)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+        assert out == ""  # nothing half-printed before the error
 
 
 def test_streamer_writes_what_fill_joins(tok):

@@ -10,6 +10,7 @@ marker (and the whitespace it absorbed) with its fill.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -213,14 +214,17 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         )
 
 
-def _prompts(args: argparse.Namespace) -> Iterator[str]:
-    if args.file:
-        with open(args.file, encoding="utf-8") as fh:
-            yield from (line.rstrip("\n") for line in fh if line.strip())
-    elif args.text is not None and args.text != "-":
-        yield args.text
-    else:
-        yield from (line.rstrip("\n") for line in sys.stdin if line.strip())
+def _prompts(args: argparse.Namespace) -> Iterator[tuple[int, str]]:
+    """(input line number, prompt); blank lines are skipped."""
+    if args.text is not None and args.text != "-" and not args.file:
+        yield 1, args.text
+        return
+    with (
+        open(args.file, encoding="utf-8") if args.file else contextlib.nullcontext(sys.stdin) as fh
+    ):
+        for i, line in enumerate(fh, 1):
+            if line.strip():
+                yield i, line.rstrip("\n")
 
 
 class _Streamer:
@@ -230,7 +234,6 @@ class _Streamer:
         self.tok, self.out = tokenizer, out
         self.parts, self.spaces = _segments(tokenizer, text, n_blanks)
         self.blank, self.ids, self.shown = -1, [], ""
-        self.out.write(self.parts[0])
 
     def _show(self, final: bool) -> None:
         text = self.tok.decode(self.ids, skip_special_tokens=True)
@@ -251,6 +254,8 @@ class _Streamer:
             self.out.write(self.parts[self.blank + 1])
 
     def token(self, blank: int, ids: list[int]) -> None:
+        if self.blank < 0:  # nothing is written before decoding has started (errors come first)
+            self.out.write(self.parts[0])
         while self.blank < blank:
             self._close()
             self.blank, self.ids, self.shown = self.blank + 1, [], ""
@@ -276,10 +281,21 @@ def run(args: argparse.Namespace) -> int:
     filler = BlankFiller.from_pretrained(args.model, args.tokenizer)
     stream = args.batch_size == 1 and not args.json
     batch: list[str] = []
+    lines: list[int] = []
 
     def flush() -> None:
         if not batch:
             return
+        try:
+            decode_batch()
+        except ValueError as e:  # name the input line, not the index inside the batch
+            raise ValueError(
+                re.sub(r"prompt (\d+)", lambda m: f"prompt on line {lines[int(m[1])]}", str(e))
+            ) from None
+        batch.clear()
+        lines.clear()
+
+    def decode_batch() -> None:
         if stream:
             n = sum(
                 t in filler.tokenizer.mask_ids for t in build_prompt(filler.tokenizer, batch[0])
@@ -295,10 +311,10 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     print(r.text)
             sys.stdout.flush()
-        batch.clear()
 
-    for line in _prompts(args):
+    for line_no, line in _prompts(args):
         batch.append(line)
+        lines.append(line_no)
         if len(batch) == args.batch_size:
             flush()
     flush()
