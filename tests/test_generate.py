@@ -293,3 +293,49 @@ def test_decoding_layout_still_trains_the_same(model):
         opt.step()
     for (k, a), b in zip(row.state_dict().items(), col.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
+
+
+def test_wide_beam_search_is_exhaustive(model):
+    """With every other token banned and more beams than hypotheses, beam search must return the
+    best of all fills by brute force, under the length-penalised score."""
+    allowed = [20, 21, 22]
+    ids = InfillIds(
+        blanks=(MASK,),
+        sop=SOP,
+        eop=EOP,
+        pad=PAD,
+        banned=tuple(i for i in range(384) if i not in [*allowed, EOP]),
+    )
+    prompt, M = [CLS, 30, MASK, 31, EOS], 3
+
+    def logprobs(seq: list[int]) -> list[float]:
+        toks = prompt + [SOP] + seq[:-1]
+        pos = [list(range(5)) + [2] * len(seq), [0] * 5 + list(range(1, len(seq) + 1))]
+        with torch.no_grad():
+            lp = model(torch.tensor([toks]), torch.tensor([pos]), context_len=5)[0, 5:].log_softmax(
+                -1
+            )
+        return [float(lp[i, t]) for i, t in enumerate(seq)]
+
+    for penalty in (0.0, 1.0, 2.0):
+        best, best_score = None, float("-inf")
+        for n in range(M + 1):
+            for seq in (
+                torch.cartesian_prod(*[torch.tensor(allowed)] * n).view(-1, n).tolist()
+                if n
+                else [[]]
+            ):
+                full = seq + [EOP] if n < M else seq  # at M tokens a fill is cut without [eop]
+                score = sum(logprobs(full)) / len(full) ** penalty
+                if score > best_score:
+                    best, best_score = seq, score
+        ((f,),) = generate(
+            model,
+            [prompt],
+            ids=ids,
+            strategy="beam",
+            num_beams=64,
+            max_new_tokens=M,
+            length_penalty=penalty,
+        )[0:1]
+        assert list(f.token_ids) == best, penalty
