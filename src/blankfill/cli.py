@@ -17,7 +17,10 @@ import sys
 # name -> (module, one-line help). The single list of subcommands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("blankfill.info", "show a model preset or model folder: config and parameter count"),
-    "fill": ("blankfill.filling", "fill the blanks ([MASK] [sMASK] [gMASK]) of prompts with a model"),
+    "fill": (
+        "blankfill.filling",
+        "fill the blanks ([MASK] [sMASK] [gMASK]) of prompts with a model",
+    ),
     "convert": ("blankfill.convert", "official GLM checkpoints (hub, mp_rank_*) to/from ours"),
     "prepare": ("blankfill.data.cli_prepare", "tokenize a text corpus into a token store"),
     "inspect": ("blankfill.data.cli_inspect", "show a corrupted sample: Part A/B, positions, mask"),
