@@ -23,8 +23,10 @@ def _golden_model(golden_dir, gelu, attention="sdpa"):
 def _golden(golden_dir):
     return (
         load_file(str(golden_dir / "inputs_logits.safetensors")),
-        {"erf": load_file(str(golden_dir / "inputs_logits.safetensors")),
-         "tanh": load_file(str(golden_dir / "logits_orig.safetensors"))},
+        {
+            "erf": load_file(str(golden_dir / "inputs_logits.safetensors")),
+            "tanh": load_file(str(golden_dir / "logits_orig.safetensors")),
+        },
     )
 
 
@@ -67,16 +69,23 @@ def test_parity_incremental_decoding_with_kv_cache(golden_dir, gelu):
     model = _golden_model(golden_dir, gelu)
     cache = model.new_kv_cache()
     ctx = "mems.context."
-    out = model(inp[ctx + "input_ids"], inp[ctx + "position_ids"],
-                context_len=inp[ctx + "attention_mask"], kv_cache=cache)
+    out = model(
+        inp[ctx + "input_ids"],
+        inp[ctx + "position_ids"],
+        context_len=inp[ctx + "attention_mask"],
+        kv_cache=cache,
+    )
     torch.testing.assert_close(out, ref[ctx + "logits"], atol=ATOL, rtol=ATOL)
     for k in range(1, 6):
         s = f"mems.step{k}."
         out = model(inp[s + "input_ids"], inp[s + "position_ids"], kv_cache=cache)
         torch.testing.assert_close(out, ref[s + "logits"], atol=ATOL, rtol=ATOL)
     assert len(cache) == 15
-    full = model(inp["mems.full.input_ids"], inp["mems.full.position_ids"],
-                 context_len=inp["mems.full.attention_mask"])
+    full = model(
+        inp["mems.full.input_ids"],
+        inp["mems.full.position_ids"],
+        context_len=inp["mems.full.attention_mask"],
+    )
     torch.testing.assert_close(full, ref["mems.full.logits"], atol=ATOL, rtol=ATOL)
 
 
@@ -101,8 +110,13 @@ def test_mask_matches_brute_force():
 def _random_sample(cfg, T=12, sep=7, B=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
-    pos = torch.stack([torch.arange(T).clamp(max=sep - 1).expand(B, T),
-                       torch.cat([torch.zeros(sep), torch.arange(1, T - sep + 1)]).long().expand(B, T)], 1)
+    pos = torch.stack(
+        [
+            torch.arange(T).clamp(max=sep - 1).expand(B, T),
+            torch.cat([torch.zeros(sep), torch.arange(1, T - sep + 1)]).long().expand(B, T),
+        ],
+        1,
+    )
     return ids, pos
 
 
@@ -133,10 +147,16 @@ def test_sdpa_equals_eager():
     eager.load_state_dict(sdpa.state_dict())
     ids, pos = _random_sample(sdpa.config)
     for kw in ({}, {"context_len": torch.tensor([7, 12])}, {"context_len": 0}):
-        torch.testing.assert_close(sdpa(ids, pos, **kw), eager(ids, pos, **kw), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            sdpa(ids, pos, **kw), eager(ids, pos, **kw), atol=1e-5, rtol=1e-5
+        )
     mask = build_attention_mask(torch.tensor([3, 9]), 12, 12)
-    torch.testing.assert_close(sdpa(ids, pos, attention_mask=mask),
-                               eager(ids, pos, attention_mask=mask), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        sdpa(ids, pos, attention_mask=mask),
+        eager(ids, pos, attention_mask=mask),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -148,9 +168,11 @@ def test_kv_cache_equals_full_forward(attention):
     full = model(ids, pos, context_len=sep)
     cache = model.new_kv_cache()
     parts = [model(ids[:, :sep], pos[:, :, :sep], context_len=sep, kv_cache=cache)]
-    parts.append(model(ids[:, sep:sep + 2], pos[:, :, sep:sep + 2], kv_cache=cache))  # 2 at once
+    parts.append(
+        model(ids[:, sep : sep + 2], pos[:, :, sep : sep + 2], kv_cache=cache)
+    )  # 2 at once
     for t in range(sep + 2, T):  # then one token at a time
-        parts.append(model(ids[:, t:t + 1], pos[:, :, t:t + 1], kv_cache=cache))
+        parts.append(model(ids[:, t : t + 1], pos[:, :, t : t + 1], kv_cache=cache))
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
     # index_select reorders the batch like a beam search would.
     flipped = cache.index_select(torch.tensor([1, 0]))
@@ -181,13 +203,26 @@ def test_one_dimensional_positions_ablation():
 
 def test_state_dict_keys_are_the_official_ones():
     keys = set(GLM(tiny_config()).state_dict())
-    layer = {f"transformer.layers.0.{n}.{p}" for n in (
-        "input_layernorm", "attention.query_key_value", "attention.dense",
-        "post_attention_layernorm", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h") for p in ("weight", "bias")}
+    layer = {
+        f"transformer.layers.0.{n}.{p}"
+        for n in (
+            "input_layernorm",
+            "attention.query_key_value",
+            "attention.dense",
+            "post_attention_layernorm",
+            "mlp.dense_h_to_4h",
+            "mlp.dense_4h_to_h",
+        )
+        for p in ("weight", "bias")
+    }
     assert layer <= keys
-    assert {"word_embeddings.weight", "transformer.position_embeddings.weight",
-            "transformer.block_position_embeddings.weight",
-            "transformer.final_layernorm.weight", "transformer.final_layernorm.bias"} <= keys
+    assert {
+        "word_embeddings.weight",
+        "transformer.position_embeddings.weight",
+        "transformer.block_position_embeddings.weight",
+        "transformer.final_layernorm.weight",
+        "transformer.final_layernorm.bias",
+    } <= keys
     assert len(keys) == 3 + 2 * 12 + 2  # 29 tensors for 2 layers, as in the golden checkpoint
 
 
@@ -201,9 +236,16 @@ def test_official_initialisation():
     assert blk.attention.dense.bias.abs().max() == 0 and blk.input_layernorm.weight.min() == 1
 
 
-@pytest.mark.parametrize(("name", "millions"), [
-    ("glm-base", 109.3), ("glm-large", 334.7), ("glm-roberta-large", 354.9),
-    ("glm-2b", 1920), ("glm-10b", 9880)])
+@pytest.mark.parametrize(
+    ("name", "millions"),
+    [
+        ("glm-base", 109.3),
+        ("glm-large", 334.7),
+        ("glm-roberta-large", 354.9),
+        ("glm-2b", 1920),
+        ("glm-10b", 9880),
+    ],
+)
 def test_preset_parameter_counts(name, millions):
     cfg = PRESETS[name]
     n = count_parameters(cfg)  # on the meta device

@@ -17,6 +17,7 @@ import sys
 # name -> (module, one-line help). The single list of subcommands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("blankfill.info", "show a model preset or model folder: config and parameter count"),
+    "convert": ("blankfill.convert", "official GLM checkpoints (hub, mp_rank_*) to/from ours"),
 }
 
 
@@ -46,7 +47,9 @@ class _RankZeroFilter(logging.Filter):
 
 def setup_logging(verbose: bool = False, rank: int = 0) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
     handler.addFilter(_RankZeroFilter(rank))
     root = logging.getLogger()
     root.handlers[:] = [handler]

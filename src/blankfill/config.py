@@ -11,12 +11,16 @@ import dataclasses
 import difflib
 import json
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 T = TypeVar("T")
 
@@ -69,7 +73,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if origin is tuple:
             if len(args) != len(value):
                 raise ConfigError(f"{key} must have {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(
+                _coerce(v, a, f"{key}[{i}]")
+                for i, (v, a) in enumerate(zip(args, value, strict=True))
+            )
         return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
@@ -267,7 +274,11 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=384, num_layers=2, hidden_size=64, num_attention_heads=4, max_sequence_length=64
     ),
     "glm-small": _preset(
-        vocab_size=8192, num_layers=6, hidden_size=512, num_attention_heads=8, max_sequence_length=512
+        vocab_size=8192,
+        num_layers=6,
+        hidden_size=512,
+        num_attention_heads=8,
+        max_sequence_length=512,
     ),
     "glm-base": _preset(num_layers=12, hidden_size=768, num_attention_heads=12),
     "glm-large": _preset(num_layers=24, hidden_size=1024, num_attention_heads=16),
@@ -317,6 +328,8 @@ HUB_IGNORED_KEYS = frozenset(
         "tokenizer_class",
     }
 )
+#: Our ModelConfig fields that have no hub name, kept in a hub config.json under this key.
+HUB_OURS_KEY = "blankfill"
 HUB_REQUIRED_VALUES = {"attention_scale": 1.0, "relative_encoding": False, "output_predict": True}
 
 
@@ -333,8 +346,12 @@ def model_config_from_hub(data: dict[str, Any], source: str = "config.json") -> 
                 )
         elif key in ours_fields:
             ours[key] = value
+        elif key == HUB_OURS_KEY and isinstance(value, dict):  # gelu etc., absent from the hub
+            ours.update(value)
         elif key not in HUB_IGNORED_KEYS:
-            raise ConfigError(f"{source}: unknown hub config key {key!r}{_nearest(key, ours_fields)}")
+            raise ConfigError(
+                f"{source}: unknown hub config key {key!r}{_nearest(key, ours_fields)}"
+            )
     return from_dict(ModelConfig, ours)
 
 

@@ -159,7 +159,9 @@ class SelfAttention(nn.Module):
             if mask is not None:
                 scores = scores.masked_fill(~mask, MASKED_SCORE)
             elif T > 1:
-                scores = scores.masked_fill(~build_attention_mask(None, T, S, x.device), MASKED_SCORE)
+                scores = scores.masked_fill(
+                    ~build_attention_mask(None, T, S, x.device), MASKED_SCORE
+                )
             probs = self.attention_dropout(torch.softmax(scores, dim=-1))
             out = probs @ v  # [B, H, T, Dh]
         else:
@@ -169,7 +171,9 @@ class SelfAttention(nn.Module):
                 causal = T > 1
                 if causal and S != T:
                     mask, causal = build_attention_mask(None, T, S, x.device), False
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal
+                )
             else:
                 # A fully masked row (batch padding) would be NaN in SDPA; let it see every key.
                 # Only such rows differ from the eager path (uniform there), and no loss uses them.
@@ -310,7 +314,11 @@ class GLM(nn.Module):
         x = self.transformer.embedding_dropout(x)
 
         if attention_mask is not None:
-            if attention_mask.dim() != 4 or attention_mask.shape[-2] != T or attention_mask.shape[-1] < S:
+            if (
+                attention_mask.dim() != 4
+                or attention_mask.shape[-2] != T
+                or attention_mask.shape[-1] < S
+            ):
                 raise ValueError(
                     f"attention_mask must be [B, 1, T, S] with T={T} and S>={S}, "
                     f"got {tuple(attention_mask.shape)}"
@@ -353,7 +361,9 @@ class GLM(nn.Module):
 
         With neither ``context_len`` nor ``attention_mask`` attention is fully causal.
         """
-        return self.logits(self.hidden(input_ids, position_ids, context_len, attention_mask, kv_cache))
+        return self.logits(
+            self.hidden(input_ids, position_ids, context_len, attention_mask, kv_cache)
+        )
 
 
 def count_parameters(cfg: ModelConfig) -> int:

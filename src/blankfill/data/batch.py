@@ -35,10 +35,12 @@ class Batch:
     attention_mask: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{
-            f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-            for f in fields(self)
-        })
+        return Batch(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                for f in fields(self)
+            }
+        )
 
     @property
     def num_targets(self) -> int:
