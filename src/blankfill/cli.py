@@ -18,6 +18,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("blankfill.info", "show a model preset or model folder: config and parameter count"),
     "convert": ("blankfill.convert", "official GLM checkpoints (hub, mp_rank_*) to/from ours"),
+    "pretrain": ("blankfill.train.pretrain", "pretrain a GLM on a token store (torchrun for many)"),
+    "plot": ("blankfill.train.plot", "draw a run's loss curves to PNG (needs matplotlib)"),
 }
 
 
@@ -56,9 +58,40 @@ def setup_logging(verbose: bool = False, rank: int = 0) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def _dotted_overrides(extra: list[str]) -> list[str] | None:
+    """``--section.key=value`` (or ``--section.key value``) items; None if any item is not one."""
+    out: list[str] = []
+    i = 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--") or "." not in item.split("=", 1)[0]:
+            return None
+        if "=" not in item and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            item = f"{item}={extra[i + 1]}"
+            i += 1
+        out.append(item[2:])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose, int(os.environ.get("RANK", "0")))
+    parser = build_parser()
+    # Subcommands that set ``accepts_overrides`` take generic ``--section.key=value`` config
+    # overrides (style §3.2: no per-flag registration); anything else unknown is an error.
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "accepts_overrides", False):
+        overrides = _dotted_overrides(extra)
+        if overrides is None:
+            parser.error(
+                f"unrecognized arguments: {' '.join(extra)} (config overrides look like "
+                "--section.key=value)"
+            )
+        args.overrides = overrides
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from .train.distributed import env_dist_info  # the one reader of RANK/WORLD_SIZE
+
+    setup_logging(args.verbose, env_dist_info().rank)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -492,14 +492,19 @@ class TrainConfig:
     out_dir: str = "runs/pretrain"  # run folder: config.json, metrics.jsonl, checkpoints/
     tokenizer: str = ""  # tokenizer folder; "" = the tokenizer saved in data.store
     max_steps: int = 1000  # optimizer steps
+    max_minutes: float = 0.0  # wall-clock budget: save and stop when exceeded; 0 = none
     grad_accum: int = 1  # micro-batches per optimizer step on each rank
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs that have it, else fp32
+    precision: Literal["auto", "fp32", "bf16"] = (
+        "auto"  # auto: bf16 on GPUs that have it, else fp32
+    )
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
     seed: int = 1234  # model initialisation and dropout
     save_every: int = 1000  # checkpoint interval in steps (and always at the end); 0 = end only
     keep_last: int = 3  # checkpoints kept; older ones are deleted
-    eval_every: int = 0  # held-out loss interval in steps (needs data.valid_fraction > 0); 0 = never
+    eval_every: int = (
+        0  # held-out loss interval in steps (needs data.valid_fraction > 0); 0 = never
+    )
     eval_batches: int = 20  # micro-batches per held-out evaluation
     max_bad_steps: int = 5  # consecutive non-finite steps before aborting
 
@@ -509,9 +514,13 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("save_every", "eval_every"):
             if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0 (0 = never), got {getattr(self, name)}")
+                raise ValueError(
+                    f"train.{name} must be >= 0 (0 = never), got {getattr(self, name)}"
+                )
         if not self.out_dir:
             raise ValueError("train.out_dir must name a folder")
+        if self.max_minutes < 0:
+            raise ValueError("train.max_minutes must be >= 0 (0 = no limit)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -145,7 +145,7 @@ class _StopFlag:
 @dataclass
 class TrainResult:
     step: int  # optimizer steps taken
-    status: str  # "done" | "interrupted" | "dry-run"
+    status: str  # "done" | "interrupted" | "out of time" | "dry-run"
     checkpoint: Path | None  # the last checkpoint written
     metrics: dict[str, float]  # the last step's metrics
 
@@ -204,7 +204,7 @@ def train(
     device = torch.device(device)
     tc, run_dir = cfg.train, Path(cfg.train.out_dir)
     sharded = info.distributed and cfg.dist.strategy == "fsdp"
-    if info.is_main:
+    if info.is_main and not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(ckpt_io.json.dumps(to_dict(cfg), indent=2))
 
@@ -268,6 +268,7 @@ def train(
     bar = tqdm(total=tc.max_steps, initial=step, disable=not show_bar, dynamic_ncols=True)
     batches = iter(data)
     bad_steps = 0
+    deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
     wrapped.train()
     with _StopFlag() as flag:
         while step < tc.max_steps:
@@ -338,12 +339,13 @@ def train(
                 ev = {f"valid/{k}": v for k, v in ev.items()}
                 sink.log(step, ev)
                 bar.write(_log_line(step, tc.max_steps, ev)) if show_bar else log.info(ev)
-            stop = torch.tensor(float(flag.stop), device=device)
+            out_of_time = time.monotonic() > deadline
+            stop = torch.tensor(float(flag.stop or out_of_time), device=device)
             stop = bool(all_reduce_max(stop, info).item())
             if stop or (tc.save_every and step % tc.save_every == 0) or step == tc.max_steps:
                 last_ckpt = save()
             if stop:
-                status = "interrupted"
+                status = "out of time" if out_of_time and not flag.stop else "interrupted"
                 break
     bar.close()
     sink.close()
