@@ -18,6 +18,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("blankfill.info", "show a model preset or model folder: config and parameter count"),
     "convert": ("blankfill.convert", "official GLM checkpoints (hub, mp_rank_*) to/from ours"),
+    "prepare": ("blankfill.data.cli_prepare", "tokenize a text corpus into a token store"),
+    "inspect": ("blankfill.data.cli_inspect", "show a corrupted sample: Part A/B, positions, mask"),
+    "finetune": ("blankfill.finetune.command", "fine-tune on a cloze or seq2seq task"),
+    "evaluate": ("blankfill.eval", "evaluate: cloze metrics, LAMBADA, perplexity, ROUGE"),
     "pretrain": ("blankfill.train.pretrain", "pretrain a GLM on a token store (torchrun for many)"),
     "plot": ("blankfill.train.plot", "draw a run's loss curves to PNG (needs matplotlib)"),
 }
@@ -58,37 +62,16 @@ def setup_logging(verbose: bool = False, rank: int = 0) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def _dotted_overrides(extra: list[str]) -> list[str] | None:
-    """``--section.key=value`` (or ``--section.key value``) items; None if any item is not one."""
-    out: list[str] = []
-    i = 0
-    while i < len(extra):
-        item = extra[i]
-        if not item.startswith("--") or "." not in item.split("=", 1)[0]:
-            return None
-        if "=" not in item and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
-            item = f"{item}={extra[i + 1]}"
-            i += 1
-        out.append(item[2:])
-        i += 1
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # Subcommands that set ``accepts_overrides`` take generic ``--section.key=value`` config
-    # overrides (style §3.2: no per-flag registration); anything else unknown is an error.
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "accepts_overrides", False):
-        overrides = _dotted_overrides(extra)
-        if overrides is None:
-            parser.error(
-                f"unrecognized arguments: {' '.join(extra)} (config overrides look like "
-                "--section.key=value)"
-            )
-        args.overrides = overrides
-    elif extra:
+    # Subcommands that set ``_dotted_overrides`` take config overrides as --section.key=value.
+    if extra and not (
+        getattr(args, "_dotted_overrides", False)
+        and all(e.startswith("--") and "." in e.split("=")[0] for e in extra)
+    ):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.dotted_overrides = [e[2:] for e in extra]
     from .train.distributed import env_dist_info  # the one reader of RANK/WORLD_SIZE
 
     setup_logging(args.verbose, env_dist_info().rank)

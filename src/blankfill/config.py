@@ -412,6 +412,10 @@ class CorruptConfig:
             raise ValueError("corrupt.poisson_lambda must be > 0")
         if self.max_span_length < 2:
             raise ValueError("corrupt.max_span_length must be >= 2")
+        if self.mix_per not in ("sample", "batch"):
+            raise ValueError(f"corrupt.mix_per must be 'sample' or 'batch', got {self.mix_per!r}")
+        if not 0.0 <= self.document_suffix_prob <= 1.0:
+            raise ValueError("corrupt.document_suffix_prob must be in [0, 1]")
         if not 0.0 < self.document_min_ratio <= 1.0:
             raise ValueError("corrupt.document_min_ratio must be in (0, 1]")
         probs = (self.token_prob, self.sentence_prob, self.document_prob)
@@ -433,8 +437,15 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes
     seed: int = 1234  # the sample stream depends on (seed, epoch, sample index) only
     valid_fraction: float = 0.0  # documents held out for validation (by document)
+    valid_store: str = ""  # a separate store for validation (overrides valid_fraction)
+    sample_across_doc: bool = True  # fill short samples with more documents (official default)
+    pack_len: int = 0  # layout "pack": row length in tokens; 0: seq_len + seq_len // 4
 
     def __post_init__(self) -> None:
+        if self.layout not in ("pad", "pack"):
+            raise ValueError(f"data.layout must be 'pad' or 'pack', got {self.layout!r}")
+        if self.pack_len < 0:
+            raise ValueError("data.pack_len must be >= 0 (0: seq_len + seq_len // 4)")
         if self.seq_len < 8:
             raise ValueError("data.seq_len must be >= 8")
         if self.batch_size < 1:
@@ -571,6 +582,80 @@ class RunConfig:
             )
 
 
+# --------------------------------------------------------------------------------------------
+# Fine-tuning (spec §4.1-4.2). Owned by blankfill.finetune.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """A fine-tuning run of a cloze or seq2seq task. ``None``: the task's official value."""
+
+    pattern_id: int | None = None  # cloze pattern id; None: the task's official default
+    head: Literal["cloze", "classifier"] = "cloze"  # cloze scoring, or the [CLS] head ablation
+    epochs: int | None = None  # passes over the training set; None: official per-task epochs
+    batch_size: int | None = None  # examples per optimizer step; None: official (16, 64 ...)
+    max_seq_len: int | None = None  # tokens per input; None: official (capped by the model)
+    length_penalty: float = 0.0  # multi-token answers: score / len ** length_penalty
+    max_target_len: int = 160  # seq2seq: target tokens kept (incl. [eop]); CNN/DM uses 160
+    label_smoothing: float = 0.1  # seq2seq: weight of the uniform term in the target loss
+    eval_batch_size: int = 32  # examples per evaluation forward
+    seed: int = 1234  # shuffling and head init depend on (seed, epoch) only
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1" ...
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_seq_len"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"finetune.{name} must be >= 1 (or unset for the task default)")
+        if self.pattern_id is not None and self.pattern_id < 0:
+            raise ValueError("finetune.pattern_id must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("finetune.label_smoothing must be in [0, 1)")
+        if self.eval_batch_size < 1:
+            raise ValueError("finetune.eval_batch_size must be >= 1")
+
+
+def _finetune_optim() -> OptimConfig:
+    # Official task scripts (spec §4.1): lr 1e-5, warmup 0.1, linear decay to 0, wd 0.1, Adam
+    # with the official argument defaults (0.9, 0.999), eps 1e-8.
+    return OptimConfig(lr=1e-5, schedule="linear", warmup=0.1, min_lr_ratio=0.0, beta2=0.999,
+                       eps=1e-8)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneRunConfig:
+    """``blankfill finetune``: TOML tables ``[finetune]`` and ``[optim]``."""
+
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    optim: OptimConfig = field(default_factory=_finetune_optim)
+
+
+def load_finetune_config(
+    path: str | Path | None = None, overrides: typing.Sequence[str] = ()
+) -> FinetuneRunConfig:
+    """Like ``load_config``, but a partial ``[optim]`` table keeps the fine-tuning defaults."""
+    data = to_dict(FinetuneRunConfig())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            given = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        for section, table in given.items():
+            if section in data and isinstance(table, dict):
+                data[section].update(table)
+            else:
+                data[section] = table
+    data = apply_overrides(data, overrides, FinetuneRunConfig)
+    try:
+        return from_dict(FinetuneRunConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
 def pad_vocab(n: int, multiple: int = 128) -> int:
     """Round a vocabulary size up to a multiple (official ``--make-vocab-size-divisible-by``)."""
     return int(math.ceil(n / multiple) * multiple)
@@ -582,6 +667,10 @@ __all__ = [
     "DataConfig",
     "DistConfig",
     "LogConfig",
+
+
+    "FinetuneConfig",
+    "FinetuneRunConfig",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
@@ -591,6 +680,7 @@ __all__ = [
     "field",
     "from_dict",
     "load_config",
+    "load_finetune_config",
     "model_config_from_hub",
     "pad_vocab",
     "preset",

@@ -68,7 +68,7 @@ def test_cli_help_and_print_config(capsys):
     out = capsys.readouterr().out
     assert "pretrain" in out and "plot" in out
     tiny = str(REPO / "configs/pretrain/tiny.toml")
-    assert cli.main(["pretrain", "--config", tiny, "--print-config", "--optim.lr", "1e-3"]) == 0
+    assert cli.main(["pretrain", "--config", tiny, "--print-config", "--optim.lr=1e-3"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["optim"]["lr"] == 1e-3 and printed["model"]["hidden_size"] == 64
 

@@ -44,7 +44,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--optim.lr=3e-4 --data.store=stores/wiki. Sections: model data corrupt optim train "
         "dist log."
     )
-    p.set_defaults(accepts_overrides=True)
+    p.set_defaults(_dotted_overrides=True)
 
 
 def load_run_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -69,7 +69,7 @@ def _peak_memory(device: torch.device) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_run_config(args.config, getattr(args, "overrides", []))
+    cfg = load_run_config(args.config, getattr(args, "dotted_overrides", []))
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0

@@ -1,0 +1,339 @@
+"""Blank infilling: span sampling, span placement and the Part A / Part B layout (GLM §2.1, spec §3).
+
+Glossary (one meaning per word, used across ``blankfill.data``):
+
+- *text*: the token ids of one raw sample, ``[CLS] doc... [eos] ([CLS] doc... [eos])...``.
+- *span*: a half-open ``(start, end)`` range of text indices that is blanked out.
+- *blank*: the single mask token (``[MASK]``, ``[sMASK]`` or ``[gMASK]``) that replaces a span.
+- *Part A* / *context*: the text with every span collapsed to its blank; attended bidirectionally.
+- *Part B*: for each span, ``[sop] + span`` (inputs) and ``span + [eop]`` (labels), attended causally.
+- ``context_len``: |Part A| (the official ``sep``); the model builds the mask from it.
+- ``position_ids``: ``[2, T]``; row 0 is the position in Part A (a Part-B token takes the position of
+  its span's blank), row 1 the block position (0 in Part A, 1..len+1 inside a span, ``[sop]`` = 1).
+- ``labels``: pre-shifted: the label at t is the token that follows t in Part B; Part-A labels equal
+  the inputs (their loss is 0).
+
+Everything here is a pure function of its arguments; randomness arrives as ``np.random.Generator``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: A span: half-open ``(start, end)`` indices into the text.
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Example:
+    """One corrupted sample, ready to batch.
+
+    Attributes:
+        input_ids: int64 [T]: Part A then Part B.
+        labels: int64 [T]: pre-shifted targets (Part-A labels equal the inputs).
+        loss_mask: float32 [T]: 1 on Part-B targets, 0 on Part A.
+        position_ids: int64 [2, T]: position, block position.
+        context_len: |Part A|.
+        objective: index into ``OBJECTIVES`` (0 MASK, 1 sMASK, 2 gMASK).
+        sample_index: global index of the sample in the stream (-1 when not from a stream).
+    """
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    loss_mask: np.ndarray
+    position_ids: np.ndarray
+    context_len: int
+    objective: int = 0
+    sample_index: int = -1
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _check_spans(spans: Sequence[Span], n: int) -> tuple[list[Span], list[int]]:
+    """Validate spans against a text of length n; return them and their text order."""
+    out = []
+    for s in spans:
+        if len(s) != 2:
+            raise ValueError(f"a span must be (start, end), got {s!r}")
+        start, end = int(s[0]), int(s[1])
+        if not 0 <= start < end <= n:
+            raise ValueError(f"span {(start, end)} is empty or outside the text of length {n}")
+        out.append((start, end))
+    text_order = sorted(range(len(out)), key=lambda i: out[i][0])
+    for a, b in zip(text_order, text_order[1:], strict=False):
+        if out[a][1] > out[b][0]:
+            raise ValueError(f"spans {out[a]} and {out[b]} overlap")
+    return out, text_order
+
+
+def build_blocks(
+    tokens: Sequence[int] | np.ndarray,
+    spans: Sequence[Span],
+    *,
+    mask_id: int,
+    sop_id: int,
+    eop_id: int,
+    order: Sequence[int] | None = None,
+    block_positions: bool = True,
+) -> Example:
+    """Lay out a text with blanked spans as Part A + Part B (official ``make_block_data``).
+
+    Part A is the text with each span replaced by one ``mask_id``; Part B holds, for each span in
+    ``order``, ``[sop] + span`` as inputs and ``span + [eop]`` as labels. The result has length
+    ``n + 2k`` for k spans. No tokenizer is consulted: the special ids are explicit.
+
+    Args:
+        tokens: int [n], the text.
+        spans: k non-overlapping ``(start, end)`` ranges (any order) of at least one token.
+        mask_id: the blank that replaces each span in Part A.
+        sop_id: ``[sop]``, the first Part-B input of each span.
+        eop_id: ``[eop]``, the last Part-B label of each span.
+        order: indices into ``spans`` giving their Part-B order (a permutation of ``range(k)``);
+            None: text order.
+        block_positions: True: 2D positions (GLM §2.3). False: the 1D ablation, position ids count
+            on through Part B and block positions are 0.
+
+    Returns:
+        An ``Example`` with ``input_ids``/``labels``/``loss_mask`` [n + 2k], ``position_ids``
+        [2, n + 2k] and ``context_len`` = n - sum(span lengths) + k.
+    """
+    text = np.asarray(tokens, dtype=np.int64)
+    if text.ndim != 1:
+        raise ValueError(f"tokens must be 1-D, got shape {text.shape}")
+    n = len(text)
+    spans, text_order = _check_spans(spans, n)
+    if order is None:
+        order = text_order
+    else:
+        order = [int(i) for i in order]
+        if sorted(order) != list(range(len(spans))):
+            raise ValueError(f"order must be a permutation of range({len(spans)}), got {order}")
+    keep = np.ones(n, dtype=bool)
+    part_a = text.copy()
+    for start, end in spans:
+        part_a[start] = mask_id
+        keep[start + 1 : end] = False
+    part_a = part_a[keep]  # [sep]
+    sep = len(part_a)
+    a_index = np.cumsum(keep) - 1  # [n] index in Part A of each surviving text position
+    # Part B, vectorised: span i in `order` occupies [off_i, off_i + m_i] (its [sop] at off_i).
+    S = np.array([spans[i][0] for i in order], dtype=np.int64)  # [k]
+    m = np.array([spans[i][1] - spans[i][0] for i in order], dtype=np.int64)  # [k]
+    off = np.cumsum(m + 1) - (m + 1)  # [k]
+    nb = int((m + 1).sum())
+    src = np.repeat(S - off - 1, m + 1) + np.arange(nb)  # [nb] text index of the input token
+    b_in = text[np.clip(src, 0, n - 1)]
+    b_in[off] = sop_id
+    b_lab = text[np.clip(src + 1, 0, n - 1)]
+    b_lab[off + m] = eop_id
+    input_ids = np.concatenate((part_a, b_in))
+    labels = np.concatenate((part_a, b_lab))
+    T = len(input_ids)
+    if block_positions:
+        pos = np.concatenate((np.arange(sep), np.repeat(a_index[S], m + 1)))
+        blk = np.concatenate((np.zeros(sep, np.int64), np.arange(nb) - np.repeat(off, m + 1) + 1))
+        position_ids = np.stack([pos, blk]).astype(np.int64)
+    else:
+        position_ids = np.stack([np.arange(T, dtype=np.int64), np.zeros(T, dtype=np.int64)])
+    loss_mask = np.zeros(T, dtype=np.float32)
+    loss_mask[sep:] = 1.0
+    return Example(
+        input_ids=input_ids,
+        labels=labels,
+        loss_mask=loss_mask,
+        position_ids=position_ids,
+        context_len=sep,
+    )
+
+
+def build_suffix(
+    tokens: Sequence[int] | np.ndarray,
+    generation_len: int,
+    *,
+    gmask_id: int,
+    sop_id: int,
+    loss_mask: Sequence[float] | np.ndarray | None = None,
+    block_positions: bool = True,
+) -> Example:
+    """The document-level suffix form (official ``construct_blocks`` gpt branch, suffix mode).
+
+    ``src = text[:n-g]``, ``tgt = text[n-g:]``; inputs ``src + [gMASK, sop] + tgt[:-1]``, labels
+    ``src + [gMASK] + tgt`` (no eop: the last label is the text's own last token, normally eos).
+
+    Args:
+        tokens: int [n], the text.
+        generation_len: g, the suffix length, 1 <= g <= n - 1.
+        gmask_id: ``[gMASK]``.
+        sop_id: ``[sop]``.
+        loss_mask: float [n], the text's own loss mask (0 at ``[CLS]``), applied on the suffix.
+        block_positions: False gives 1D positions (see ``build_blocks``).
+
+    Returns:
+        An ``Example`` of length n + 1 with ``context_len`` = n - g + 1.
+    """
+    text = np.asarray(tokens, dtype=np.int64)
+    n, g = len(text), int(generation_len)
+    if not 1 <= g <= n - 1:
+        raise ValueError(
+            f"generation_len must be in [1, {n - 1}] for a text of length {n}, got {g}"
+        )
+    lm = np.ones(n, np.float32) if loss_mask is None else np.asarray(loss_mask, np.float32)
+    src, tgt = text[: n - g], text[n - g :]
+    s = len(src)
+    input_ids = np.concatenate((src, [gmask_id, sop_id], tgt[:-1])).astype(np.int64)
+    labels = np.concatenate((src, [gmask_id], tgt)).astype(np.int64)
+    loss = np.concatenate((np.zeros(s + 1, np.float32), lm[n - g :]))
+    T = n + 1
+    if block_positions:
+        pos = np.arange(T, dtype=np.int64)
+        pos[s + 1 :] = s
+        blk = np.concatenate((np.zeros(s, np.int64), np.arange(g + 1, dtype=np.int64)))
+    else:
+        pos, blk = np.arange(T, dtype=np.int64), np.zeros(T, np.int64)
+    return Example(
+        input_ids=input_ids,
+        labels=labels,
+        loss_mask=loss,
+        position_ids=np.stack([pos, blk]),
+        context_len=s + 1,
+    )
+
+
+def span_length_pmf(poisson_lambda: float, max_span_length: int) -> np.ndarray:
+    """Poisson(λ) restricted to lengths 1..max_span_length-1 and renormalised: float64 [max-1]."""
+    k = np.arange(1, max_span_length, dtype=np.float64)
+    logp = k * np.log(poisson_lambda) - poisson_lambda - np.cumsum(np.log(k))
+    p = np.exp(logp - logp.max())
+    return p / p.sum()
+
+
+def sample_span_lengths(target: int, rng: np.random.Generator, *, pmf: np.ndarray) -> list[int]:
+    """Draw span lengths from ``pmf`` (index i = length i+1) until they total at least ``target``.
+
+    Same distribution as the official one-at-a-time loop; drawn in chunks for speed.
+    """
+    if target <= 0:
+        return []
+    mean = float(np.dot(np.arange(1, len(pmf) + 1), pmf))
+    out: list[int] = []
+    total = 0
+    while total < target:
+        need = int((target - total) / mean) + 4
+        draws = rng.choice(len(pmf), size=need, p=pmf) + 1
+        csum = total + np.cumsum(draws)
+        stop = int(np.searchsorted(csum, target))  # first index with csum >= target
+        if stop < need:
+            out.extend(draws[: stop + 1].tolist())
+            return out
+        out.extend(draws.tolist())
+        total = int(csum[-1])
+    return out
+
+
+def document_segments(tokens: np.ndarray, *, cls_id: int, eos_id: int) -> list[tuple[int, int]]:
+    """The maskable ``(offset, length)`` region of each document in a text.
+
+    Documents end at ``eos``; the ``[CLS]`` that opens a document and the final ``eos`` are never
+    maskable (official ``sample_span_in_document``).
+    """
+    eos = np.flatnonzero(tokens == eos_id).tolist()
+    bounds = [-1, *eos]
+    n = len(tokens)
+    segs = []
+    for k, b in enumerate(bounds):
+        start = b + 1
+        if start < n and tokens[start] == cls_id:
+            start += 1
+        stop = bounds[k + 1] if k + 1 < len(bounds) else n
+        segs.append((start, max(0, stop - start)))
+    return segs
+
+
+def _spans_in_segment(
+    lengths: list[int], offset: int, length: int, rng: np.random.Generator
+) -> list[Span]:
+    """Place spans uniformly at random in a segment, non-overlapping, >= 1 visible token apart."""
+    free = length - sum(lengths) - len(lengths) + 1
+    places = np.sort(rng.integers(0, free + 1, size=len(lengths)))
+    spans = []
+    for place, m in zip(places.tolist(), lengths, strict=False):
+        spans.append((offset + place, offset + place + m))
+        offset += m + 1
+    return spans
+
+
+def place_spans(
+    lengths: list[int],
+    segments: list[tuple[int, int]],
+    rng: np.random.Generator,
+    *,
+    ratio: float,
+) -> list[Span] | None:
+    """Place span lengths into document segments (official ``sample_span_in_document``).
+
+    The lengths are shuffled; each document but the longest gets spans totalling at most
+    ``floor(ratio * its length)``; the longest takes the rest. Returns None when not every span
+    fits (the official code drops such a sample; the caller redraws).
+    """
+    lengths = [lengths[i] for i in rng.permutation(len(lengths))]
+    order = sorted(range(len(segments)), key=lambda i: segments[i][1])
+    spans: list[Span] = []
+    used = 0
+    for rank, i in enumerate(order):
+        offset, length = segments[i]
+        take, total = 0, 0
+        last = rank == len(order) - 1
+        budget = int(length * ratio)
+        while used + take < len(lengths):
+            m = lengths[used + take]
+            if (m + total + take > length) if last else (m + total > budget):
+                break
+            total += m
+            take += 1
+        if take:
+            spans += _spans_in_segment(lengths[used : used + take], offset, length, rng)
+            used += take
+    return spans if used == len(lengths) else None
+
+
+def sentence_spans(
+    tokens: np.ndarray, sentence_end: np.ndarray, *, cls_id: int, eos_id: int
+) -> list[Span]:
+    """Maximal runs of text that end at a sentence end or before ``eos`` (``[CLS]``/eos excluded)."""
+    spans = []
+    last = 0
+    for i in range(len(tokens)):
+        t = tokens[i]
+        if t == eos_id or t == cls_id:
+            if last < i:
+                spans.append((last, i))
+            last = i + 1
+        elif sentence_end[i]:
+            spans.append((last, i + 1))
+            last = i + 1
+    if last < len(tokens):
+        spans.append((last, len(tokens)))
+    return spans
+
+
+def reconstruct(example: Example, *, sop_id: int, eop_id: int) -> np.ndarray:
+    """Invert ``build_blocks`` (2D positions): put each Part-B span back at its blank.
+
+    Returns:
+        int64 [n], the original text.
+    """
+    sep = example.context_len
+    ids, labels = example.input_ids, example.labels
+    pos, blk = example.position_ids
+    span_at: dict[int, np.ndarray] = {}
+    starts = np.flatnonzero((blk == 1) & (np.arange(len(ids)) >= sep))
+    ends = [*starts[1:].tolist(), len(ids)]
+    for s, e in zip(starts.tolist(), ends, strict=False):
+        assert ids[s] == sop_id and labels[e - 1] == eop_id, "Part B span must be [sop]...→[eop]"
+        span_at[int(pos[s])] = labels[s : e - 1]
+    parts = [span_at[i] if i in span_at else ids[i : i + 1] for i in range(sep)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -1,0 +1,225 @@
+"""The pretraining loader: token store -> raw samples -> corruption -> batches, resumable.
+
+The global sample stream is a fixed sequence: sample g belongs to epoch ``g // n`` (n windows per
+epoch) and is built only from ``default_rng([seed, epoch, g % n])`` plus the epoch's window order
+(a function of ``(seed, epoch)``). Rank r's step s takes the B samples starting at
+``(s * world_size + r) * B``, so concatenating all ranks' batches step by step gives the same stream
+for any world size, and any number of worker processes gives the same batches in the same order.
+With ``corrupt.mix_per = "batch"`` each group of B consecutive samples shares one objective (and one
+document-level length), drawn from ``default_rng([seed, epoch, index, 1])`` of its first sample.
+
+The state (``state_dict``) is the number of samples consumed globally; resuming continues with the
+exact next batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..config import CorruptConfig, DataConfig
+from .batch import Batch
+from .corrupt import Example
+from .objectives import Corruptor, choose_objective, draw_generation_len
+from .pack import collate_pack, collate_pad
+from .samples import SplitView, epoch_windows, raw_sample
+from .store import TokenStore, special_to_dict
+
+#: Documents are assigned to the validation split by this fixed seed (not data.seed), so changing
+#: the data seed never moves documents between splits.
+SPLIT_SEED = 20220317
+
+
+def split_documents(num_documents: int, valid_fraction: float, split: str) -> np.ndarray:
+    """Sorted document ids of ``split`` ("train" or "valid") for a document-level split."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(num_documents)
+    n_valid = int(round(valid_fraction * num_documents))
+    if valid_fraction > 0:
+        n_valid = min(max(n_valid, 1), num_documents - 1)
+    docs = perm[:n_valid] if split == "valid" else perm[n_valid:]
+    return np.sort(docs)
+
+
+def check_special(store: TokenStore, special: Any) -> None:
+    """Fail early when the trainer's special ids differ from those the store was made with."""
+    mine, theirs = special_to_dict(special), store.manifest["special"]
+    diff = [k for k in ("cls", "eos", "mask", "sop", "eop") if mine[k] != theirs.get(k)]
+    if diff:
+        raise ValueError(
+            f"special token ids {diff} differ from those of the store {store.path} "
+            f"({ {k: theirs.get(k) for k in diff} }); use the tokenizer the store was prepared with"
+        )
+
+
+class PretrainLoader:
+    """Batches of corrupted samples from a token store, forever (epochs advance internally).
+
+    Args:
+        store_dir: the store folder (None or "": ``data_cfg.store``).
+        data_cfg: the ``data`` config section.
+        corrupt_cfg: the ``corrupt`` config section.
+        special: special token ids (``SpecialTokens``), checked against the store's.
+        rank: this process's data-parallel rank.
+        world_size: number of data-parallel ranks.
+        split: "train", or "valid": the held-out documents (``data.valid_fraction``) or the
+            whole of ``data.valid_store`` when set.
+    """
+
+    def __init__(
+        self,
+        store_dir: str | Path | None,
+        data_cfg: DataConfig,
+        corrupt_cfg: CorruptConfig,
+        special: Any,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        split: Literal["train", "valid"] = "train",
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if split not in ("train", "valid"):
+            raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
+        path = store_dir or data_cfg.store
+        if not path:
+            raise ValueError("no token store given: set data.store (a `blankfill prepare` folder)")
+        fraction = data_cfg.valid_fraction
+        if split == "valid" and data_cfg.valid_store:
+            path, fraction, split_docs = data_cfg.valid_store, 0.0, "train"
+        elif split == "valid" and fraction == 0:
+            raise ValueError("no validation data: set data.valid_fraction > 0 or data.valid_store")
+        else:
+            split_docs = split
+        self.store = TokenStore(path)
+        check_special(self.store, special)
+        self.cfg, self.corrupt_cfg = data_cfg, corrupt_cfg
+        self.rank, self.world_size, self.split = rank, world_size, split
+        self.special = special
+        self.view = SplitView(
+            self.store, split_documents(self.store.num_documents, fraction, split_docs)
+        )
+        self.corruptor = Corruptor(corrupt_cfg, special)
+        self.samples_per_epoch = max(1, self.view.num_tokens // max(1, data_cfg.seq_len - 1))
+        self._windows: tuple[int, np.ndarray, float] | None = None
+        self._step = 0
+
+    # -- the pure stream ------------------------------------------------------------------------
+    def _epoch_windows(self, epoch: int) -> tuple[np.ndarray, float]:
+        if self._windows is None or self._windows[0] != epoch:
+            self._windows = (
+                epoch,
+                *epoch_windows(self.view.num_tokens, self.cfg.seq_len, self.cfg.seed, epoch),
+            )
+        return self._windows[1], self._windows[2]
+
+    def raw(self, g: int) -> tuple[Any, np.random.Generator]:
+        """Global sample g before corruption, and its generator (positioned after the draw)."""
+        n = self.samples_per_epoch
+        epoch, i = divmod(g, n)
+        perm, shift = self._epoch_windows(epoch)
+        anchor = min(int((perm[i] + shift) * self.view.num_tokens / n), self.view.num_tokens - 1)
+        rng = np.random.default_rng([self.cfg.seed, epoch, i])
+        sample = raw_sample(
+            self.view, anchor, rng, seq_len=self.cfg.seq_len, special=self.special,
+            sample_across_doc=self.cfg.sample_across_doc, index=g,
+        )  # fmt: skip
+        return sample, rng
+
+    def examples(self, first: int, count: int) -> list[Example]:
+        """Global samples ``first .. first+count-1``, corrupted (one objective group)."""
+        raws = [self.raw(g) for g in range(first, first + count)]
+        objective = generation_len = None
+        if self.corrupt_cfg.mix_per == "batch":
+            epoch, i = divmod(first, self.samples_per_epoch)
+            grng = np.random.default_rng([self.cfg.seed, epoch, i, 1])
+            objective = choose_objective(grng.random(), self.corrupt_cfg)
+            lengths = [len(s) for s, _ in raws]
+            generation_len = draw_generation_len(grng, lengths, self.corrupt_cfg.document_min_ratio)
+        return [
+            self.corruptor(s, rng, objective=objective, generation_len=generation_len)
+            for s, rng in raws
+        ]
+
+    def batch(self, step: int) -> Batch:
+        """This rank's batch at ``step`` (a pure function of the step)."""
+        B = self.cfg.batch_size
+        examples = self.examples((step * self.world_size + self.rank) * B, B)
+        if self.cfg.layout == "pack":
+            row = max(
+                self.cfg.pack_len or self.cfg.seq_len + self.cfg.seq_len // 4,
+                max(map(len, examples)),
+            )
+            return collate_pack(examples, row_len=row)
+        return collate_pad(examples)
+
+    # -- iteration and state --------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next sample this rank will produce."""
+        return self._next_global() // self.samples_per_epoch
+
+    def _next_global(self) -> int:
+        return (self._step * self.world_size + self.rank) * self.cfg.batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.cfg.num_workers == 0:
+            while True:
+                batch = self.batch(self._step)
+                self._step += 1
+                yield batch
+        loader = torch.utils.data.DataLoader(
+            _Steps(self, self._step),
+            batch_size=None,
+            num_workers=self.cfg.num_workers,
+            prefetch_factor=2,
+        )
+        for batch in loader:
+            self._step += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the stream stands: samples consumed by all ranks, and what must match on resume."""
+        return {
+            "samples_consumed": self._step * self.world_size * self.cfg.batch_size,
+            "step": self._step,
+            "seed": self.cfg.seed,
+            "seq_len": self.cfg.seq_len,
+            "samples_per_epoch": self.samples_per_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume after ``state``: the next batch is the one that would have followed."""
+        for key in ("seed", "seq_len", "samples_per_epoch"):
+            mine = self.state_dict()[key]
+            if state.get(key) != mine:
+                raise ValueError(
+                    f"cannot resume the data stream: {key} was {state.get(key)}, now {mine} "
+                    "(same store, data.seed and data.seq_len are needed for an exact resume)"
+                )
+        per_step = self.world_size * self.cfg.batch_size
+        consumed = int(state["samples_consumed"])
+        if consumed % per_step:
+            raise ValueError(
+                f"cannot resume: {consumed} samples consumed is not a multiple of "
+                f"world_size * data.batch_size = {per_step}"
+            )
+        self._step = consumed // per_step
+
+
+class _Steps(torch.utils.data.IterableDataset):
+    """Worker w of k makes steps start + w, start + w + k, ...; the DataLoader yields them in order."""
+
+    def __init__(self, loader: PretrainLoader, start: int) -> None:
+        self.loader, self.start = loader, start
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        w, k = (info.id, info.num_workers) if info is not None else (0, 1)
+        step = self.start + w
+        while True:
+            yield self.loader.batch(step)
+            step += k

@@ -1,0 +1,123 @@
+"""Batching ``Example``s into a ``Batch``: one sample per padded row, or several packed per row.
+
+- ``collate_pad``: the official layout (``ConstructBlockStrategy.pad_batch``): each row holds one
+  sample, right-padded with 0 to the longest; attention comes from ``context_len`` per row.
+- ``collate_pack``: samples are packed first-fit into rows of at most ``row_len`` tokens; each
+  sample keeps its own positions and attention is isolated between samples by an explicit bool
+  mask [B, 1, T, T] (query i sees key j iff both are in the same sample and j is in that sample's
+  Part A or j <= i). Padding rows/columns are all False except the diagonal, so no row is empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .batch import Batch
+from .corrupt import Example
+
+
+def _objective_row(ex: Example) -> np.ndarray:
+    return np.where(ex.loss_mask > 0, ex.objective, -1).astype(np.int64)
+
+
+def collate_pad(examples: Sequence[Example], *, pad_to: int | None = None) -> Batch:
+    """One sample per row, right-padded with 0 (ids, labels, loss, positions) to the longest.
+
+    Args:
+        examples: B examples.
+        pad_to: pad to at least this length (e.g. a fixed shape for compiled models).
+
+    Returns:
+        A ``Batch`` with ``context_len`` [B] and no ``attention_mask``.
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    T = max(max(len(e) for e in examples), pad_to or 0)
+    B = len(examples)
+    ids = np.zeros((B, T), np.int64)
+    labels = np.zeros((B, T), np.int64)
+    loss = np.zeros((B, T), np.float32)
+    pos = np.zeros((B, 2, T), np.int64)
+    obj = np.full((B, T), -1, np.int64)
+    for b, ex in enumerate(examples):
+        n = len(ex)
+        ids[b, :n], labels[b, :n], loss[b, :n] = ex.input_ids, ex.labels, ex.loss_mask
+        pos[b, :, :n] = ex.position_ids
+        obj[b, :n] = _objective_row(ex)
+    return Batch(
+        input_ids=torch.from_numpy(ids),
+        labels=torch.from_numpy(labels),
+        loss_mask=torch.from_numpy(loss),
+        position_ids=torch.from_numpy(pos),
+        objective=torch.from_numpy(obj),
+        sample_index=torch.tensor([e.sample_index for e in examples], dtype=torch.long),
+        context_len=torch.tensor([e.context_len for e in examples], dtype=torch.long),
+    )
+
+
+def pack_rows(lengths: Sequence[int], row_len: int) -> list[list[int]]:
+    """First-fit assignment of samples (in stream order) to rows of capacity ``row_len``."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i, n in enumerate(lengths):
+        if n > row_len:
+            raise ValueError(f"a sample of {n} tokens does not fit a packed row of {row_len}")
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(row_len - n)
+    return rows
+
+
+def collate_pack(examples: Sequence[Example], *, row_len: int) -> Batch:
+    """Pack samples into as few rows of ``row_len`` tokens as first-fit allows.
+
+    Returns:
+        A ``Batch`` of R <= B rows, T = ``row_len``, with ``attention_mask`` [R, 1, T, T] (bool) and
+        ``context_len`` None; ``sample_index`` is the first sample of each row.
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    rows = pack_rows([len(e) for e in examples], row_len)
+    R, T = len(rows), row_len
+    ids = np.zeros((R, T), np.int64)
+    labels = np.zeros((R, T), np.int64)
+    loss = np.zeros((R, T), np.float32)
+    pos = np.zeros((R, 2, T), np.int64)
+    obj = np.full((R, T), -1, np.int64)
+    mask = np.zeros((R, 1, T, T), bool)
+    idx = np.arange(T)
+    for r, members in enumerate(rows):
+        o = 0
+        for i in members:
+            ex = examples[i]
+            n = len(ex)
+            sl = slice(o, o + n)
+            ids[r, sl], labels[r, sl], loss[r, sl] = ex.input_ids, ex.labels, ex.loss_mask
+            pos[r, :, sl] = ex.position_ids
+            obj[r, sl] = _objective_row(ex)
+            q, k = idx[sl, None], idx[None, sl]  # [n, 1], [1, n]
+            mask[r, 0, sl, sl] = (k < o + ex.context_len) | (k <= q)
+            o += n
+        mask[r, 0, idx[o:], idx[o:]] = True  # padding attends to itself only (no empty rows)
+    return Batch(
+        input_ids=torch.from_numpy(ids),
+        labels=torch.from_numpy(labels),
+        loss_mask=torch.from_numpy(loss),
+        position_ids=torch.from_numpy(pos),
+        objective=torch.from_numpy(obj),
+        sample_index=torch.tensor([examples[m[0]].sample_index for m in rows], dtype=torch.long),
+        attention_mask=torch.from_numpy(mask),
+    )
+
+
+def packing_efficiency(examples: Sequence[Example], batch: Batch) -> float:
+    """Fraction of the batch's token slots [B, T] that hold sample tokens rather than padding."""
+    return sum(len(e) for e in examples) / batch.input_ids.numel()

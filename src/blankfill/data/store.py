@@ -1,0 +1,274 @@
+"""The token store written by ``blankfill prepare`` and read by the loader.
+
+A store is a folder:
+
+- ``tokens.bin``: every document's token ids back to back, a flat memmap (``uint16`` when the
+  vocabulary fits, else ``uint32``); no specials are inserted (the sampler adds ``[CLS]``/eos);
+- ``doc_offsets.npy``: int64 [D + 1], document d is ``tokens[offsets[d]:offsets[d + 1]]``;
+- ``sentence_ends.npy``: int64, sorted indices into ``tokens`` of tokens that end a sentence (their
+  text holds one of ``. ? ! ; : 。 ？ ！ ； …`` or a newline, spec §3.1);
+- ``tokenizer/``: the tokenizer that made it (``tokenizer.save``);
+- ``manifest.json``: format, dtype, counts, special ids, tokenizer fingerprint, sources and the
+  bad-input counters. It is written last, and the folder is built under a temporary name and
+  renamed at the end, so an interrupted run never leaves a store that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import types
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .sources import ReadStats, TxtMode, iter_documents, list_input_files
+
+FORMAT = "blankfill-token-store/1"
+SENTENCE_END_CHARS = (".", "?", "!", ";", ":", "。", "？", "！", "；", "…", "\n")
+SPECIAL_FIELDS = ("pad", "eos", "cls", "mask", "smask", "gmask", "sop", "eop", "sep", "unk")
+_CHUNK_CHARS = 4_000_000  # characters per encode_batch call (parallel over the chunk's documents)
+
+
+def special_to_dict(special: Any) -> dict[str, int | None]:
+    """The special ids of a ``SpecialTokens`` (or any object with those attributes) as a dict."""
+    return {k: getattr(special, k, None) for k in SPECIAL_FIELDS}
+
+
+def special_from_dict(d: dict[str, int | None]) -> Any:
+    """A ``SpecialTokens`` when the tokenizer module provides it, else a namespace."""
+    try:
+        from ..tokenizer import SpecialTokens  # type: ignore[attr-defined]
+
+        return SpecialTokens(**d)
+    except (ImportError, TypeError):
+        return types.SimpleNamespace(**d)
+
+
+def sentence_end_table(
+    token_strings: Sequence[str], special_ids: Iterable[int | None]
+) -> np.ndarray:
+    """bool [V]: True for token ids whose text ends a sentence (specials never do)."""
+    table = np.array([any(c in s for c in SENTENCE_END_CHARS) for s in token_strings], dtype=bool)
+    for i in special_ids:
+        if i is not None and i < len(table):
+            table[i] = False
+    return table
+
+
+class TokenStore:
+    """A prepared token store, opened read-only (memmaps are opened lazily, per process).
+
+    Args:
+        path: the folder written by ``prepare``.
+
+    Raises:
+        ValueError: the folder is not a (complete) token store.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.is_file():
+            hint = " (an interrupted prepare?)" if self.path.is_dir() else ""
+            raise ValueError(
+                f"{self.path} is not a token store: no manifest.json{hint}; "
+                "create one with `blankfill prepare --input ... --out DIR`"
+            )
+        self.manifest: dict[str, Any] = json.loads(manifest.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise ValueError(
+                f"{self.path}: unsupported store format {self.manifest.get('format')!r} "
+                f"(expected {FORMAT!r}); re-run `blankfill prepare`"
+            )
+        self.doc_offsets = np.load(self.path / "doc_offsets.npy")
+        self._tokens: np.ndarray | None = None
+        self._sentence_ends: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # workers re-open the memmaps themselves
+        return {**self.__dict__, "_tokens": None, "_sentence_ends": None}
+
+    @property
+    def tokens(self) -> np.ndarray:
+        if self._tokens is None:
+            self._tokens = np.memmap(
+                self.path / "tokens.bin", dtype=self.manifest["dtype"], mode="r",
+                shape=(self.num_tokens,),
+            )  # fmt: skip
+        return self._tokens
+
+    @property
+    def sentence_ends(self) -> np.ndarray:
+        if self._sentence_ends is None:
+            self._sentence_ends = np.load(self.path / "sentence_ends.npy", mmap_mode="r")
+        return self._sentence_ends
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.manifest["num_tokens"])
+
+    @property
+    def num_documents(self) -> int:
+        return int(self.manifest["num_documents"])
+
+    @property
+    def special(self) -> Any:
+        """The special ids the store was tokenized with (``SpecialTokens``)."""
+        return special_from_dict(self.manifest["special"])
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        return str(self.manifest["tokenizer_fingerprint"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["vocab_size"])
+
+    def document(self, d: int) -> np.ndarray:
+        """int64 [len]: the tokens of document d."""
+        return np.asarray(self.tokens[self.doc_offsets[d] : self.doc_offsets[d + 1]], np.int64)
+
+    def sentence_end_mask(self, start: int, stop: int) -> np.ndarray:
+        """bool [stop - start]: which tokens in ``tokens[start:stop]`` end a sentence."""
+        ends = self.sentence_ends
+        lo, hi = np.searchsorted(ends, [start, stop])
+        out = np.zeros(stop - start, dtype=bool)
+        out[np.asarray(ends[lo:hi]) - start] = True
+        return out
+
+    def load_tokenizer(self) -> Any:
+        from ..tokenizer import load_tokenizer  # type: ignore[attr-defined]
+
+        return load_tokenizer(self.path / "tokenizer")
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenStore({str(self.path)!r}, documents={self.num_documents}, "
+            f"tokens={self.num_tokens}, dtype={self.manifest['dtype']})"
+        )
+
+
+def _chunks(docs: Iterable[str], max_chars: int) -> Iterable[list[str]]:
+    chunk: list[str] = []
+    size = 0
+    for doc in docs:
+        chunk.append(doc)
+        size += len(doc)
+        if size >= max_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def prepare(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    tokenizer: Any,
+    *,
+    txt_mode: TxtMode = "file",
+    text_field: str = "text",
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Tokenize a corpus into a token store.
+
+    Args:
+        inputs: files and folders (``.txt``, ``.jsonl``, ``.gz`` of either).
+        out_dir: the store folder to create.
+        tokenizer: a ``blankfill.tokenizer.Tokenizer`` (``encode_batch``, ``token_strings``,
+            ``special``, ``vocab_size``, ``fingerprint``, ``save``).
+        txt_mode: ``"file"``: one document per ``.txt``; ``"blank_lines"``: split at blank lines.
+        text_field: the ``.jsonl`` field holding the text.
+        overwrite: replace an existing store at ``out_dir``.
+        progress: called with the number of input bytes read since the last call.
+
+    Returns:
+        The manifest (also written to ``out_dir/manifest.json``).
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite or choose another --out")
+    files = list_input_files(inputs)
+    V = int(tokenizer.vocab_size)
+    dtype = np.uint16 if V <= 2**16 else np.uint32
+    special = special_to_dict(tokenizer.special)
+    table = sentence_end_table(tokenizer.token_strings(), special.values())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        stats = ReadStats()
+        offsets, ends, sources = [0], [], []
+        total = 0
+        with open(tmp / "tokens.bin", "wb") as fout:
+            for path in files:
+                before_docs, before_bytes = stats.documents, stats.bytes
+                file_tokens = 0
+                docs = iter_documents(path, stats, txt_mode=txt_mode, text_field=text_field)
+                for chunk in _chunks(docs, _CHUNK_CHARS):
+                    for ids in tokenizer.encode_batch(chunk):
+                        if not ids:
+                            stats.documents -= 1
+                            stats.empty_skipped += 1
+                            continue
+                        arr = np.asarray(ids, dtype=np.int64)
+                        if arr.max() >= V or arr.min() < 0:
+                            raise ValueError(f"{path}: tokenizer produced ids outside [0, {V})")
+                        ends.append(np.flatnonzero(table[arr]) + total)
+                        fout.write(arr.astype(dtype).tobytes())
+                        total += len(arr)
+                        file_tokens += len(arr)
+                        offsets.append(total)
+                    if progress is not None:
+                        progress(stats.bytes - before_bytes)
+                        before_bytes = stats.bytes
+                sources.append({
+                    "path": str(path),
+                    "documents": stats.documents - before_docs,
+                    "tokens": file_tokens,
+                })  # fmt: skip
+        if total == 0:
+            raise ValueError(
+                f"empty corpus: no non-empty documents in {len(files)} file(s) "
+                f"({stats.empty_skipped} empty documents skipped)"
+            )
+        np.save(tmp / "doc_offsets.npy", np.asarray(offsets, dtype=np.int64))
+        np.save(tmp / "sentence_ends.npy", np.concatenate(ends).astype(np.int64))
+        tokenizer.save(tmp / "tokenizer")
+        manifest = {
+            "format": FORMAT,
+            "dtype": np.dtype(dtype).name,
+            "num_tokens": total,
+            "num_documents": len(offsets) - 1,
+            "num_sentence_ends": int(sum(len(e) for e in ends)),
+            "vocab_size": V,
+            "special": special,
+            "tokenizer_fingerprint": str(tokenizer.fingerprint()),
+            "txt_mode": txt_mode,
+            "text_field": text_field,
+            "input_bytes": stats.bytes,
+            "files": stats.files,
+            "empty_documents_skipped": stats.empty_skipped,
+            "undecodable_replaced": stats.replaced,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "sources": sources,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
