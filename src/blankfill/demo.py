@@ -93,8 +93,11 @@ def greedy_fill(model: GLM, tokenizer, text: str, max_new_tokens: int = 16) -> s
     part_a = tokenizer.encode(text)
     blank = part_a.index(sp.mask)
     banned = [sp.pad, sp.cls, sp.mask, sp.smask, sp.gmask, sp.sop, sp.sep, sp.unk]
-    # The blanks here sit inside one line of verse: a line break ends the fill.
-    line_ends = [i for i, t in enumerate(tokenizer.token_strings()) if "\n" in t]
+    # The blanks here are words inside one line of verse: the fill starts with a word (a young
+    # model's favourite guesses are "," and " "), and a line break ends it.
+    strings = tokenizer.token_strings()
+    line_ends = [i for i, t in enumerate(strings) if "\n" in t]
+    no_word = [i for i, t in enumerate(strings) if not any(c.isalpha() for c in t)]
     out: list[int] = []
     for _ in range(max_new_tokens):
         ids = part_a + [sp.sop] + out
@@ -103,7 +106,7 @@ def greedy_fill(model: GLM, tokenizer, text: str, max_new_tokens: int = 16) -> s
         logits = model(torch.tensor([ids]), torch.tensor([[pos, block]]), len(part_a))[0, -1]
         logits[[b for b in banned if b is not None]] = -float("inf")
         if not out:  # at least one token: an untrained model likes to close the span at once
-            logits[[sp.eop, sp.eos, *line_ends]] = -float("inf")
+            logits[[sp.eop, sp.eos, *line_ends, *no_word]] = -float("inf")
         nxt = int(logits[: tokenizer.vocab_size].argmax())
         if nxt in (sp.eop, sp.eos) or nxt in line_ends:
             break
