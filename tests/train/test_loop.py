@@ -224,3 +224,11 @@ def test_sigterm_saves_and_stops(tmp_path):
     assert result.status == "interrupted" and result.step == 4
     assert ck.list_checkpoints(tmp_path)[0].name == "step-00000004"
     assert signal.getsignal(signal.SIGTERM) is not None  # handler restored
+
+
+def test_resume_into_another_model_config_is_one_line_error(tmp_path):
+    cfg = run_config(tmp_path, train={"max_steps": 1})
+    train(cfg, GLM(cfg.model), SyntheticBatches(4))
+    other = run_config(tmp_path, train={"max_steps": 2}, model={"hidden_size": 32})
+    with pytest.raises(ValueError, match="has shape .* but the config needs"):
+        train(other, GLM(other.model), SyntheticBatches(4), resume="auto")

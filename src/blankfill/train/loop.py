@@ -12,6 +12,7 @@ tokens, not samples. Logits are computed only on target rows (``model.logits(h[m
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -29,6 +30,7 @@ from torch import nn
 from ..config import RunConfig, to_dict
 from ..data.batch import OBJECTIVES, Batch
 from ..model import GLM
+from ..pretrained import load_weights
 from . import checkpoint as ckpt_io
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, no_grad_sync, wrap_model
 from .metrics import MetricSink, NullSink, default_sinks, peak_flops, train_flops
@@ -206,7 +208,7 @@ def train(
     sharded = info.distributed and cfg.dist.strategy == "fsdp"
     if info.is_main and not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(ckpt_io.json.dumps(to_dict(cfg), indent=2))
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
 
     # ---- resume: weights go in before wrapping, the rest after -------------------------------
     step, tokens_seen, loaded = 0, 0, None
@@ -218,9 +220,9 @@ def train(
         )
         if found:
             path, loaded = found
-            model.load_state_dict(loaded["model"])
+            load_weights(model, loaded["model"], source=str(path / "model.safetensors"))
             step, tokens_seen = loaded["meta"]["step"], loaded["meta"].get("tokens_seen", 0)
-            if "loader" in loaded["rank"]:
+            if "loader" in loaded["rank"] and hasattr(data, "load_state_dict"):
                 data.load_state_dict(loaded["rank"]["loader"])  # type: ignore[attr-defined]
             log.info("resumed from %s (step %d)", path, step)
         else:
