@@ -232,3 +232,16 @@ def test_resume_into_another_model_config_is_one_line_error(tmp_path):
     other = run_config(tmp_path, train={"max_steps": 2}, model={"hidden_size": 32})
     with pytest.raises(ValueError, match="has shape .* but the config needs"):
         train(other, GLM(other.model), SyntheticBatches(4), resume="auto")
+
+
+def test_mfu_is_reported_with_a_peak_and_flops_formula(tmp_path):
+    from blankfill.train.metrics import train_flops
+
+    cfg = run_config(tmp_path, train={"max_steps": 2}, log={"peak_flops": 1e12})
+    train(cfg, GLM(cfg.model), SyntheticBatches(4))
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert all(0.0 < r["mfu"] < 1.0 for r in rows)
+    m = tiny_config()  # 3 x (2 x 12 h^2 L + 4 L T h) per token + 3 x 2 V h per target
+    assert train_flops(m, 10, 8, 2) == 3 * (
+        10 * (24 * 64 * 64 * 2 + 4 * 2 * 8 * 64) + 2 * 2 * 384 * 64
+    )
