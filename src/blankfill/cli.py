@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("blankfill.data.cli_inspect", "show a corrupted sample: Part A/B, positions, mask"),
     "finetune": ("blankfill.finetune.command", "fine-tune on a cloze or seq2seq task"),
     "evaluate": ("blankfill.eval", "evaluate: cloze metrics, LAMBADA, perplexity, ROUGE"),
+    "pretrain": ("blankfill.train.pretrain", "pretrain a GLM on a token store (torchrun for many)"),
+    "plot": ("blankfill.train.plot", "draw a run's loss curves to PNG (needs matplotlib)"),
 }
 
 
@@ -74,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.dotted_overrides = [e[2:] for e in extra]
-    setup_logging(args.verbose, int(os.environ.get("RANK", "0")))
+    from .train.distributed import env_dist_info  # the one reader of RANK/WORLD_SIZE
+
+    setup_logging(args.verbose, env_dist_info().rank)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

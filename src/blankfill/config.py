@@ -496,6 +496,92 @@ class OptimConfig:
             raise ValueError("optim.clip_grad must be >= 0 (0 disables clipping)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The pretraining loop: length, precision, checkpoints, guards."""
+
+    out_dir: str = "runs/pretrain"  # run folder: config.json, metrics.jsonl, checkpoints/
+    tokenizer: str = ""  # tokenizer folder; "" = the tokenizer saved in data.store
+    max_steps: int = 1000  # optimizer steps
+    max_minutes: float = 0.0  # wall-clock budget: save and stop when exceeded; 0 = none
+    grad_accum: int = 1  # micro-batches per optimizer step on each rank
+    precision: Literal["auto", "fp32", "bf16"] = (
+        "auto"  # auto: bf16 on GPUs that have it, else fp32
+    )
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
+    seed: int = 1234  # model initialisation and dropout
+    save_every: int = 1000  # checkpoint interval in steps (and always at the end); 0 = end only
+    keep_last: int = 3  # checkpoints kept; older ones are deleted
+    eval_every: int = (
+        0  # held-out loss interval in steps (needs data.valid_fraction > 0); 0 = never
+    )
+    eval_batches: int = 20  # micro-batches per held-out evaluation
+    max_bad_steps: int = 5  # consecutive non-finite steps before aborting
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "grad_accum", "keep_last", "eval_batches", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"train.{name} must be >= 0 (0 = never), got {getattr(self, name)}"
+                )
+        if not self.out_dir:
+            raise ValueError("train.out_dir must name a folder")
+        if self.max_minutes < 0:
+            raise ValueError("train.max_minutes must be >= 0 (0 = no limit)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistConfig:
+    """Data-parallel training under torchrun (spec-free: our own choice of wrappers)."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: replicate; fsdp: FSDP2 fully_shard per block
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    """What the loop reports, where, how often."""
+
+    every: int = 10  # steps between log lines (metrics.jsonl gets every step)
+    progress: bool = True  # tqdm progress bar on rank 0
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = known GPUs only
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError("log.every must be >= 1")
+        if self.peak_flops < 0:
+            raise ValueError("log.peak_flops must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """A pretraining run: one TOML table per section (``[model]``, ``[data]``, ...).
+
+    ``[model]`` lists ModelConfig fields directly (the shipped configs spell out their preset's
+    fields; a test checks they equal ``PRESETS``). ``model.vocab_size`` must cover the tokenizer.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    corrupt: CorruptConfig = field(default_factory=CorruptConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.seq_len > self.model.max_sequence_length:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) exceeds model.max_sequence_length "
+                f"({self.model.max_sequence_length}); position ids would not fit"
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # Fine-tuning (spec §4.1-4.2). Owned by blankfill.finetune.
 # --------------------------------------------------------------------------------------------
@@ -627,10 +713,14 @@ __all__ = [
     "CorruptConfig",
     "DataConfig",
     "DecodingConfig",
+    "DistConfig",
+    "LogConfig",
     "FinetuneConfig",
     "FinetuneRunConfig",
     "ModelConfig",
     "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
     "PRESETS",
     "apply_overrides",
     "field",
