@@ -112,7 +112,7 @@ def free_cores() -> int:
     return max(1, min(n, round(n - busy)))
 
 
-def steps_per_minute(cfg: RunConfig, model: GLM, data, steps: int = 6) -> float:
+def steps_per_minute(cfg: RunConfig, model: GLM, data, steps: int = 10) -> float:
     """Optimizer steps per minute of ``cfg`` on this machine, timed on a copy of ``model``.
 
     The first two steps (allocation, warm-up) are not timed. ``data`` is any iterable of
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg, model, PretrainLoader(cfg.data.store, cfg.data, cfg.corrupt, tokenizer.special)
             )
             budget = cfg.train.max_minutes or 5.0
-            steps = max(10, min(cfg.train.max_steps, int(0.9 * spm * budget)))
+            steps = max(10, min(cfg.train.max_steps, int(0.85 * spm * budget)))
             how = f"{spm:.0f} steps/min measured here"
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
         _say(
