@@ -40,6 +40,7 @@ def test_demo_trains_fills_and_reuses(tmp_path, corpus, capsys, monkeypatch):
     second = capsys.readouterr().out
     assert "tokenizer: reusing" in second and "token store: reusing" in second
     assert "pretraining: reusing" in second and "step-00000002" in second
+    assert "--train.max_steps=4 " in second  # "train longer" doubles the run's own steps
 
 
 def test_show_marks_each_fill():
