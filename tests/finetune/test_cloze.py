@@ -115,3 +115,14 @@ def test_truncation_cuts_the_shortenable_field_and_keeps_the_blank(setup):
     assert x.part_a[0] == tok.special.cls and x.part_a[-1] == tok.special.eos
     with pytest.raises(ValueError, match="does not fit max_seq_len=4"):
         encode_record(task, CB[0], tok, pattern_id=3, max_seq_len=4, single_token=True)
+
+
+def test_multi_token_verbalizer_warning_is_given_once(setup, caplog, monkeypatch):
+    from blankfill.finetune import cloze
+
+    tok, _ = setup
+    monkeypatch.setattr(cloze, "_WARNED", set())
+    for _ in range(3):  # finetune asks at every evaluation
+        assert not is_single_token(TASKS["cb"], tok, 4)  # " false" " true" " neither"
+    warned = [r for r in caplog.records if "is not single-token" in r.getMessage()]
+    assert len(warned) == 1

@@ -55,12 +55,19 @@ class ClozeBatch:
     target: torch.Tensor  # [B] correct candidate, -1 for none (ignored by the loss)
 
 
+_WARNED: set[tuple] = set()  # (task, pattern id, answer lengths, vocabulary size) warned about
+
+
 def is_single_token(task: ClozeTask, tokenizer, pattern_id: int) -> bool:
     """True when every verbalizer answer is exactly one token (then logits at [sop] are scored)."""
     if task.multi_token:
         return False
     lengths = [len(tokenizer.encode(v)) for v in task.verbalizer(pattern_id)]
     if any(n != 1 for n in lengths):
+        key = (task.name, pattern_id, tuple(lengths), tokenizer.vocab_size)
+        if key in _WARNED:  # called at every evaluation: say it once
+            return False
+        _WARNED.add(key)
         log.warning(
             "task %s: verbalizer %s is not single-token in this vocabulary (%s tokens); scoring "
             "the answers as multi-token sequences",
