@@ -16,10 +16,10 @@ export HF_DATASETS_OFFLINE=1
 install: $(STAMP)
 
 # torch first and pinned, so nothing below pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,eval,plot]"
 	touch $@
 
 test: install

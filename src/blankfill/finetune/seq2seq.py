@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..config import FinetuneRunConfig
 from .cloze import ClozeInput, collate, to_device
 from .loop import Recipe, resolve_device, train
+from .readers import read_rows
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -37,21 +38,12 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
         if len(sources) != len(targets):
             raise ValueError(f"{src} has {len(sources)} lines but {tgt} has {len(targets)}")
         return list(zip(sources, targets, strict=True))
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            for key in ("source", "target"):
-                if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                    raise ValueError(f"{path}:{n}: missing field {key!r} (a string)")
-            pairs.append((row["source"], row["target"]))
+    for where, row in read_rows(path, "jsonl"):
+        for key in ("source", "target"):
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"{where}: missing field {key!r} (a string)")
+        pairs.append((row["source"], row["target"]))
     return pairs
 
 
