@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _say("tokenizer); load it with blankfill.load_pretrained(path). Try next:")
     _say(f'  blankfill fill --model {ckpt} "Good [MASK], my lord."   # your own blanks')
-    _say(f"  blankfill plot {cfg.train.out_dir}   # loss curves -> PNG (pip install -e '.[plot]')")
+    _say(f"  blankfill plot {cfg.train.out_dir}                      # loss curves -> PNG")
     _say(f"  blankfill pretrain --config {config_path.relative_to(REPO) if config_path.is_relative_to(REPO) else config_path} "
          f"--data.store={store_dir} --train.out_dir={cfg.train.out_dir} "
          f"--train.max_steps={2 * cfg.train.max_steps} --train.max_minutes=0 --resume auto"
