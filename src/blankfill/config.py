@@ -185,19 +185,22 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str], cls: 
     return data
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict, with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()
 ) -> T:
     """Read a TOML file (one table per section) into ``cls``, then apply dotted overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data = read_toml(path) if path is not None else {}
     data = apply_overrides(data, overrides, cls)
     try:
         return from_dict(cls, data)
@@ -637,13 +640,7 @@ def load_finetune_config(
     """Like ``load_config``, but a partial ``[optim]`` table keeps the fine-tuning defaults."""
     data = to_dict(FinetuneRunConfig())
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            given = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        given = read_toml(path)
         for section, table in given.items():
             if section in data and isinstance(table, dict):
                 data[section].update(table)

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
-
+from ..config import read_toml
 from . import readers
 
 BLANK = "__"
@@ -263,10 +262,7 @@ def task_from_toml(path: str | Path) -> ClozeTask:
     ``epochs``, ``batch_size``, ``max_seq_len``.
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the task file ({e})") from None
+    data = read_toml(path)
     allowed = {
         "name",
         "format",
