@@ -12,6 +12,7 @@ from blankfill.config import load_finetune_config
 from blankfill.finetune.cloze import collate
 from blankfill.finetune.seq2seq import (
     encode_pair,
+    evaluate_seq2seq,
     finetune_seq2seq,
     parse_decoding,
     read_pairs,
@@ -70,6 +71,10 @@ def test_tiny_model_learns_to_copy_the_last_word(tmp_path):
                            [(s, " " + t) for s, t in PAIRS[:3]], cfg, out_dir=tmp_path)  # fmt: skip
     assert out["best"]["token_accuracy"] == 1.0, out["history"]
     assert out["history"][-1]["valid_loss"] < out["history"][0]["valid_loss"]
+    # Evaluation by generation (beam search through blankfill.generate) recovers the targets.
+    pytest.importorskip("rouge_score")
+    scores = evaluate_seq2seq(model, tok, [(s, " " + t) for s, t in PAIRS[:3]], num_beams=2)
+    assert scores["rouge1"] == pytest.approx(100.0), scores["predictions"]
 
 
 def test_rouge_scores():

@@ -160,12 +160,8 @@ def evaluate_seq2seq(
     **decoding: Any,
 ) -> dict[str, Any]:
     """Generate each target (default: beam search, 5 beams, no-repeat 3-grams) and score ROUGE."""
-    try:
-        from ..generate import InfillIds, generate
-    except ImportError:
-        raise ValueError(
-            "seq2seq evaluation needs blankfill.generate (the generation module)"
-        ) from None
+    from ..generate import InfillIds, generate
+
     model.eval()
     rows = model.config.max_sequence_length
     src_len = min(max_seq_len or rows, rows)
