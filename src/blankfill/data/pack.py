@@ -36,25 +36,40 @@ def collate_pad(examples: Sequence[Example], *, pad_to: int | None = None) -> Ba
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     T = max(max(len(e) for e in examples), pad_to or 0)
-    B = len(examples)
-    ids = np.zeros((B, T), np.int64)
-    labels = np.zeros((B, T), np.int64)
-    loss = np.zeros((B, T), np.float32)
-    pos = np.zeros((B, 2, T), np.int64)
-    obj = np.full((B, T), -1, np.int64)
-    for b, ex in enumerate(examples):
-        n = len(ex)
-        ids[b, :n], labels[b, :n], loss[b, :n] = ex.input_ids, ex.labels, ex.loss_mask
-        pos[b, :, :n] = ex.position_ids
-        obj[b, :n] = _objective_row(ex)
+    context_len = torch.tensor([e.context_len for e in examples], dtype=torch.long)
+    return _rows_to_batch(examples, [[b] for b in range(len(examples))], T, context_len=context_len)
+
+
+def _rows_to_batch(
+    examples: Sequence[Example], rows: Sequence[Sequence[int]], T: int, **layout: torch.Tensor
+) -> Batch:
+    """Write each row's samples one after another into [R, T] arrays (zeros after them).
+
+    ``layout`` is the row's attention form: ``context_len`` [R] or ``attention_mask``.
+    """
+    R = len(rows)
+    ids = np.zeros((R, T), np.int64)
+    labels = np.zeros((R, T), np.int64)
+    loss = np.zeros((R, T), np.float32)
+    pos = np.zeros((R, 2, T), np.int64)
+    obj = np.full((R, T), -1, np.int64)
+    for r, members in enumerate(rows):
+        o = 0
+        for i in members:
+            ex = examples[i]
+            sl = slice(o, o + len(ex))
+            ids[r, sl], labels[r, sl], loss[r, sl] = ex.input_ids, ex.labels, ex.loss_mask
+            pos[r, :, sl] = ex.position_ids
+            obj[r, sl] = _objective_row(ex)
+            o += len(ex)
     return Batch(
         input_ids=torch.from_numpy(ids),
         labels=torch.from_numpy(labels),
         loss_mask=torch.from_numpy(loss),
         position_ids=torch.from_numpy(pos),
         objective=torch.from_numpy(obj),
-        sample_index=torch.tensor([e.sample_index for e in examples], dtype=torch.long),
-        context_len=torch.tensor([e.context_len for e in examples], dtype=torch.long),
+        sample_index=torch.tensor([examples[m[0]].sample_index for m in rows], dtype=torch.long),
+        **layout,
     )
 
 
@@ -87,35 +102,18 @@ def collate_pack(examples: Sequence[Example], *, row_len: int) -> Batch:
         raise ValueError("cannot collate an empty list of examples")
     rows = pack_rows([len(e) for e in examples], row_len)
     R, T = len(rows), row_len
-    ids = np.zeros((R, T), np.int64)
-    labels = np.zeros((R, T), np.int64)
-    loss = np.zeros((R, T), np.float32)
-    pos = np.zeros((R, 2, T), np.int64)
-    obj = np.full((R, T), -1, np.int64)
     mask = np.zeros((R, 1, T, T), bool)
     idx = np.arange(T)
     for r, members in enumerate(rows):
         o = 0
         for i in members:
-            ex = examples[i]
-            n = len(ex)
+            n = len(examples[i])
             sl = slice(o, o + n)
-            ids[r, sl], labels[r, sl], loss[r, sl] = ex.input_ids, ex.labels, ex.loss_mask
-            pos[r, :, sl] = ex.position_ids
-            obj[r, sl] = _objective_row(ex)
             q, k = idx[sl, None], idx[None, sl]  # [n, 1], [1, n]
-            mask[r, 0, sl, sl] = (k < o + ex.context_len) | (k <= q)
+            mask[r, 0, sl, sl] = (k < o + examples[i].context_len) | (k <= q)
             o += n
         mask[r, 0, idx[o:], idx[o:]] = True  # padding attends to itself only (no empty rows)
-    return Batch(
-        input_ids=torch.from_numpy(ids),
-        labels=torch.from_numpy(labels),
-        loss_mask=torch.from_numpy(loss),
-        position_ids=torch.from_numpy(pos),
-        objective=torch.from_numpy(obj),
-        sample_index=torch.tensor([examples[m[0]].sample_index for m in rows], dtype=torch.long),
-        attention_mask=torch.from_numpy(mask),
-    )
+    return _rows_to_batch(examples, rows, T, attention_mask=torch.from_numpy(mask))
 
 
 def packing_efficiency(examples: Sequence[Example], batch: Batch) -> float:
