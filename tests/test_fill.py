@@ -129,6 +129,17 @@ def test_cli_streams_the_same_text_as_json(model_dir, capsys, monkeypatch):
         ["fill", "--model", str(model_dir), "--max-new-tokens", "3"], capsys, lines, monkeypatch
     )
     assert out1 == out  # streamed one by one == batched
+    # --mark brackets each fill, streamed or batched, and is otherwise the same text.
+    code, marked, _ = _cli(
+        ["fill", "--model", str(model_dir), "--max-new-tokens", "3", "--mark"], capsys, lines,
+        monkeypatch,
+    )  # fmt: skip
+    code2, marked2, _ = _cli(
+        ["fill", "--model", str(model_dir), "--max-new-tokens", "3", "--mark", "--batch-size",
+         "2"], capsys, lines, monkeypatch,
+    )  # fmt: skip
+    assert code == code2 == 0 and marked == marked2
+    assert marked.count("[") == 2 and marked.replace("[", "").replace("]", "") == out
 
 
 def test_cli_errors_are_one_line(model_dir, capsys, tmp_path):
@@ -146,20 +157,25 @@ def test_cli_errors_are_one_line(model_dir, capsys, tmp_path):
         assert out == ""  # nothing half-printed before the error
 
 
-def test_streamer_writes_what_fill_joins(tok):
-    from blankfill.filling import _join, _segments, _Streamer
+@pytest.mark.parametrize("mark", [("", ""), ("[", "]")])
+def test_streamer_writes_what_fill_joins(tok, mark):
+    from blankfill.filling import _join, _render, _segments, _Streamer
 
     text = "the cat [MASK] on the [MASK]. [MASK]"
     fills = [[], tok.encode(" mat"), tok.encode("é!")[:1]]  # empty; bpe space; cut mid character
     out = io.StringIO()
-    s = _Streamer(tok, text, 3, out)
+    s = _Streamer(tok, text, 3, out, mark)
     for blank, ids in enumerate(fills):
         for i in ids:
             s.token(blank, [i])
     s.finish()
     parts, spaces = _segments(tok, text, 3)
     texts = [tok.decode(f, skip_special_tokens=True) for f in fills]
-    want = parts[0] + "".join(
+    plain = parts[0] + "".join(
         _join(sp, t) + p for sp, t, p in zip(spaces, texts, parts[1:], strict=True)
     )
-    assert out.getvalue() == want + "\n"
+    assert out.getvalue() == _render(parts, spaces, texts, *mark) + "\n"
+    if mark[0]:  # marks sit around each fill, after the whitespace it brings
+        assert out.getvalue().startswith("the cat [] on the [") and "[" not in plain
+    else:
+        assert out.getvalue() == plain + "\n"

@@ -40,6 +40,12 @@ class FillResult:
     text: str  # the text with every blank replaced by its fill
     fills: tuple[Fill, ...]  # one per blank, left to right (``Fill.text`` is set)
     prompt_ids: tuple[int, ...]  # Part A as fed to the model ([CLS] ... [eos])
+    around: tuple[str, ...] = ()  # the prompt's text around the blanks (len(fills) + 1 pieces)
+    absorbed: tuple[str, ...] = ()  # the whitespace before each blank that its fill replaces
+
+    def marked(self, open_: str = "[", close: str = "]") -> str:
+        """The filled text with each fill between ``open_`` and ``close``, e.g. "the [cat] sat"."""
+        return _render(self.around, self.absorbed, [f.text for f in self.fills], open_, close)
 
 
 def check_compatible(model: GLM, tokenizer: Tokenizer, reference: Tokenizer | None = None) -> None:
@@ -108,6 +114,18 @@ def _join(space: str, fill_text: str) -> str:
     return fill_text if fill_text[:1].isspace() else space + fill_text
 
 
+def _render(
+    around: Sequence[str], absorbed: Sequence[str], fills: Sequence[str], open_="", close=""
+) -> str:
+    """Text around the blanks joined with the fills (each between ``open_`` and ``close``)."""
+    out = around[0]
+    for space, text, part in zip(absorbed, fills, around[1:], strict=True):
+        joined = _join(space, text)
+        lead = joined[: len(joined) - len(joined.lstrip())]
+        out += lead + open_ + joined[len(lead) :] + close + part
+    return out
+
+
 def fill(
     model: GLM,
     tokenizer: Tokenizer,
@@ -148,10 +166,17 @@ def fill(
             dataclasses.replace(f, text=tokenizer.decode(f.token_ids, skip_special_tokens=True))
             for f in row
         )
-        out = parts[0] + "".join(
-            _join(sp, f.text) + part for sp, f, part in zip(spaces, fills, parts[1:], strict=True)
+        out = _render(parts, spaces, [f.text for f in fills])
+        results.append(
+            FillResult(
+                prompt=t,
+                text=out,
+                fills=fills,
+                prompt_ids=tuple(p),
+                around=tuple(parts),
+                absorbed=tuple(spaces),
+            )
         )
-        results.append(FillResult(prompt=t, text=out, fills=fills, prompt_ids=tuple(p)))
     return results[0] if isinstance(text, str) else results
 
 
@@ -199,6 +224,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", help="read prompts from this file, one per line")
     p.add_argument("--batch-size", type=int, default=1, help="prompts per batch (1: stream)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    p.add_argument("--mark", action="store_true", help="show each fill between [ and ]")
     helps = _field_help()
     hints = typing.get_type_hints(DecodingConfig)
     g = p.add_argument_group("decoding")
@@ -230,10 +256,12 @@ def _prompts(args: argparse.Namespace) -> Iterator[tuple[int, str]]:
 class _Streamer:
     """Prints one prompt's filled text as its tokens arrive (held back mid multi-byte character)."""
 
-    def __init__(self, tokenizer: Tokenizer, text: str, n_blanks: int, out: Any) -> None:
-        self.tok, self.out = tokenizer, out
+    def __init__(
+        self, tokenizer: Tokenizer, text: str, n_blanks: int, out: Any, mark: tuple[str, str]
+    ) -> None:
+        self.tok, self.out, (self.open, self.close) = tokenizer, out, mark
         self.parts, self.spaces = _segments(tokenizer, text, n_blanks)
-        self.blank, self.ids, self.shown = -1, [], ""
+        self.blank, self.ids, self.shown, self.opened = -1, [], "", False
 
     def _show(self, final: bool) -> None:
         text = self.tok.decode(self.ids, skip_special_tokens=True)
@@ -244,6 +272,9 @@ class _Streamer:
             new = _join(self.spaces[self.blank], new)
         elif final and not text:
             new = self.spaces[self.blank]
+        if not self.opened and (new or final):  # the mark goes after the fill's leading space
+            lead = new[: len(new) - len(new.lstrip())]
+            new, self.opened = lead + self.open + new[len(lead) :], True
         self.out.write(new)
         self.out.flush()
         self.shown = text
@@ -251,14 +282,14 @@ class _Streamer:
     def _close(self) -> None:
         if self.blank >= 0:
             self._show(final=True)
-            self.out.write(self.parts[self.blank + 1])
+            self.out.write(self.close + self.parts[self.blank + 1])
 
     def token(self, blank: int, ids: list[int]) -> None:
         if self.blank < 0:  # nothing is written before decoding has started (errors come first)
             self.out.write(self.parts[0])
         while self.blank < blank:
             self._close()
-            self.blank, self.ids, self.shown = self.blank + 1, [], ""
+            self.blank, self.ids, self.shown, self.opened = self.blank + 1, [], "", False
         self.ids += ids
         self._show(final=False)
 
@@ -280,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size must be >= 1")
     filler = BlankFiller.from_pretrained(args.model, args.tokenizer)
     stream = args.batch_size == 1 and not args.json
+    mark = ("[", "]") if args.mark else ("", "")
     batch: list[str] = []
     lines: list[int] = []
 
@@ -300,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
             n = sum(
                 t in filler.tokenizer.mask_ids for t in build_prompt(filler.tokenizer, batch[0])
             )
-            printer = _Streamer(filler.tokenizer, batch[0], n, sys.stdout)
+            printer = _Streamer(filler.tokenizer, batch[0], n, sys.stdout, mark)
             filler.fill(batch, cfg, on_token=lambda b, r, ids: printer.token(r, ids))
             printer.finish()
         else:
@@ -309,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
                     fills = [{**dataclasses.asdict(f), "logprob": f.logprob} for f in r.fills]
                     print(json.dumps({"prompt": r.prompt, "text": r.text, "fills": fills}))
                 else:
-                    print(r.text)
+                    print(r.marked(*mark))
             sys.stdout.flush()
 
     for line_no, line in _prompts(args):
