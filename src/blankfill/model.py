@@ -90,7 +90,8 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Write this call's K, V [B, H, T, Dh] after the cached ones; return all [B, H, S, Dh]."""
-        T, end = k.shape[2], self.length + k.shape[2]
+        assert k.shape[2] > 0, "update needs at least one token"
+        end = self.length + k.shape[2]
         buf_k, buf_v = self.keys[layer], self.values[layer]
         if buf_k is None or buf_k.shape[2] < end:
             cap = max(end, self.capacity, 2 * (0 if buf_k is None else buf_k.shape[2]))
@@ -102,7 +103,6 @@ class KVCache:
             self.keys[layer], self.values[layer] = buf_k, buf_v = new_k, new_v
         buf_k[:, :, self.length : end] = k
         buf_v[:, :, self.length : end] = v
-        assert T > 0, "update needs at least one token"
         return buf_k[:, :, :end], buf_v[:, :, :end]
 
     def advance(self, T: int) -> None:
@@ -307,15 +307,14 @@ class GLM(nn.Module):
         # back from the device, so it is skipped under torch.compile and for one-token decoding
         # steps on accelerators (generate validates lengths before it decodes).
         check = T > 1 or (T == 1 and input_ids.device.type == "cpu")
-        if (
-            check
-            and not torch.compiler.is_compiling()
-            and (int(pos.max()) >= rows or int(pos.min()) < 0)
-        ):
-            raise ValueError(
-                f"position id {int(pos.max())} is outside the model's {rows} positions "
-                f"(max_sequence_length={self.config.max_sequence_length}); shorten the input"
-            )
+        if check and not torch.compiler.is_compiling():
+            low, high = int(pos.min()), int(pos.max())
+            if high >= rows or low < 0:
+                raise ValueError(
+                    f"position id {high if high >= rows else low} is outside the model's {rows} "
+                    f"positions (max_sequence_length={self.config.max_sequence_length}); "
+                    "shorten the input"
+                )
         x = self.word_embeddings(input_ids) + self.transformer.position_embeddings(pos)  # [B,T,D]
         if block is not None:
             x = x + self.transformer.block_position_embeddings(block)
