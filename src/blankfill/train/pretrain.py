@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig, load_config, to_dict
+from ..data.store import TokenStore
 from ..model import GLM
 from .checkpoint import list_checkpoints
 from .distributed import env_dist_info, init_distributed, resolve_device, teardown
@@ -55,7 +56,10 @@ def _load_tokenizer(cfg: RunConfig):
     from ..tokenizer import load_tokenizer
 
     if cfg.train.tokenizer:
-        return load_tokenizer(cfg.train.tokenizer)
+        tokenizer = load_tokenizer(cfg.train.tokenizer)
+        if cfg.data.store:  # the store's token ids must be this tokenizer's
+            TokenStore(cfg.data.store).check_tokenizer(tokenizer, "train.tokenizer")
+        return tokenizer
     if not cfg.data.store:
         raise ValueError("set data.store (a `blankfill prepare` folder) or train.tokenizer")
     return load_tokenizer(Path(cfg.data.store) / "tokenizer")
