@@ -29,11 +29,12 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import convert
 from .config import ConfigError, ModelConfig, read_model_config, to_dict
 from .model import GLM
+from .safeio import follow_umask, guard_write, save_safetensors, torch_save
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +282,9 @@ def _sentencepiece_tokenizer(model_file: Path, path: Path) -> Any:
 
 def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
+    with guard_write(path, tmp), os.fdopen(fd, "w") as f:
         f.write(text)
+    follow_umask(tmp)
     os.replace(tmp, path)
 
 
@@ -307,10 +309,11 @@ def save_state(
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     name = WEIGHTS_NAME if weights == "safetensors" else HUB_BIN_NAME
     tmp = path / f".{name}.tmp"
-    if weights == "safetensors":
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    else:
-        torch.save({k: v.clone() for k, v in state.items()}, tmp)
+    with guard_write(path / name, tmp):
+        if weights == "safetensors":
+            save_safetensors(state, tmp, metadata={"format": "pt"})
+        else:
+            torch_save({k: v.clone() for k, v in state.items()}, tmp)
     os.replace(tmp, path / name)
     for stale in {WEIGHTS_NAME, HUB_BIN_NAME} - {name}:  # never leave two weight files behind
         (path / stale).unlink(missing_ok=True)

@@ -8,8 +8,8 @@
 - ``sha256_file`` / ``file_checksums``: what a checkpoint records at save and verifies at load.
 - ``RunLock``: an exclusive ``flock`` on ``RUN/.lock`` held while a run writes to its folder; a
   second process gets "RUN is in use by process N".
-- ``file_mode()`` / ``follow_umask(path)``: new files get ``0o666 & ~umask`` (``mkstemp`` would
-  leave ``0600``).
+- ``file_mode()`` / ``follow_umask(path)`` / ``save_safetensors``: new files get
+  ``0o666 & ~umask`` (``mkstemp`` and ``safetensors`` would leave ``0600``).
 """
 
 from __future__ import annotations
@@ -153,6 +153,16 @@ def follow_umask(path: str | Path) -> None:
     os.chmod(path, file_mode())
 
 
+def save_safetensors(
+    tensors: dict[str, Any], path: str | Path, metadata: dict | None = None
+) -> None:
+    """``safetensors.torch.save_file`` with the umask's file mode (it writes 0600 itself)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    follow_umask(path)
+
+
 class RunLock:
     """An exclusive, non-blocking lock on ``run_dir/.lock`` (``fcntl.flock``; released on close or
     process exit, so a killed run never leaves a stale lock). The file holds the owner's pid.
@@ -220,6 +230,7 @@ __all__ = [
     "guard_write",
     "is_no_space",
     "remove",
+    "save_safetensors",
     "sha256_file",
     "torch_save",
 ]

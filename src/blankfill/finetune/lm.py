@@ -102,6 +102,8 @@ def lambada(
             examples.append((tokenizer.encode(context), tokenizer.encode(" " + word)))
             if limit and len(examples) >= limit:
                 break
+    if not examples:
+        raise ValueError(f"{path}: no examples (an empty file?); LAMBADA needs one text per line")
     sp = tokenizer.special
     correct, logp, tokens = 0, 0.0, 0
     for start in range(0, len(examples), batch_size):

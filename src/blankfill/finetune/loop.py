@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..config import FinetuneRunConfig, to_dict
 from ..pretrained import atomic_write_text, save_pretrained
+from ..safeio import guard_write, save_safetensors
 from ..train.optim import build_optimizer, lr_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,13 @@ def save_finetuned(model, out: Path, tokenizer, head: nn.Module | None, info: di
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tmp, tokenizer)
-    if head is not None:
-        state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-        save_file(state, str(tmp / HEAD_NAME))
-    atomic_write_text(tmp / INFO_NAME, json.dumps(info, indent=2) + "\n")
+    hint = f"the previous {out} is intact" if out.exists() else ""
+    with guard_write(out, tmp, hint=hint):
+        save_pretrained(model, tmp, tokenizer)
+        if head is not None:
+            state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+            save_safetensors(state, tmp / HEAD_NAME)
+        atomic_write_text(tmp / INFO_NAME, json.dumps(info, indent=2) + "\n")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         out.rename(old)

@@ -38,6 +38,21 @@ def cloze_settings(task: ClozeTask, cfg: FinetuneRunConfig, model) -> dict[str, 
             "batch_size": ft.batch_size or task.batch_size, "max_seq_len": max_len}  # fmt: skip
 
 
+def require_labels(task: ClozeTask, records: Sequence[dict], what: str = "evaluation data") -> None:
+    """Raise a one-line ValueError unless there are records and every one has a gold label
+    (metrics over zero or label-less examples would read as a score of 0.0)."""
+    if not records:
+        raise ValueError(f"the {what} has no examples; give a non-empty, labelled file")
+    unlabelled = [r for r in records if not (r.get("gold") if task.metric == "record"
+                                             else r.get("label", -1) >= 0)]  # fmt: skip
+    if unlabelled:
+        where = unlabelled[0].get("_where", "?")
+        raise ValueError(
+            f"{where}: {len(unlabelled)} of {len(records)} {what} examples have no label; "
+            "metrics need gold labels (use a labelled split, e.g. val rather than test)"
+        )
+
+
 def evaluate_cloze(
     model,
     tokenizer,
@@ -52,6 +67,7 @@ def evaluate_cloze(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Score every record and return the task's metrics (zero-shot or fine-tuned model)."""
+    require_labels(task, records)
     pid = task.pattern_id if pattern_id is None else pattern_id
     task.check_pattern_id(pid)
     max_len = min(max_seq_len or task.max_seq_len, model.config.max_sequence_length)
@@ -77,6 +93,7 @@ def finetune_cloze(
     on_step: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune on a cloze task (or with the classifier head, ``finetune.head="classifier"``)."""
+    require_labels(task, valid_records, "validation data")
     s = cloze_settings(task, cfg, model)
     device = resolve_device(cfg.finetune.device)
     model.to(device)

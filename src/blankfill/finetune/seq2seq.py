@@ -88,6 +88,7 @@ def finetune_seq2seq(
 ) -> dict[str, Any]:
     """Fine-tune on (source, target) pairs; each epoch reports the validation loss and
     teacher-forced token accuracy (the best checkpoint is chosen by the accuracy)."""
+    require_pairs(valid_pairs, "validation data")
     ft = cfg.finetune
     device = resolve_device(ft.device)
     model.to(device)
@@ -117,6 +118,18 @@ def finetune_seq2seq(
     recipe = Recipe(name="seq2seq", loss=loss, evaluate=evaluate, info=info)
     return train(model, recipe, train_xs, cfg, epochs=ft.epochs or 10, batch_size=ft.batch_size
                  or 16, out_dir=out_dir, tokenizer=tokenizer, on_step=on_step)  # fmt: skip
+
+
+def require_pairs(pairs: Sequence[tuple[str, str]], what: str = "evaluation data") -> None:
+    """Raise a one-line ValueError for no pairs or a pair without a target (nothing to score)."""
+    if not pairs:
+        raise ValueError(f"the {what} has no examples; give a non-empty file")
+    empty = [i for i, (_, t) in enumerate(pairs) if not t.strip()]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} of {len(pairs)} {what} pairs have an empty target (the first is pair "
+            f"{empty[0] + 1}); scores need reference targets"
+        )
 
 
 def parse_decoding(text: str) -> dict[str, Any]:
@@ -162,6 +175,7 @@ def evaluate_seq2seq(
     """Generate each target (default: beam search, 5 beams, no-repeat 3-grams) and score ROUGE."""
     from ..generate import InfillIds, generate
 
+    require_pairs(pairs)
     model.eval()
     rows = model.config.max_sequence_length
     src_len = min(max_seq_len or rows, rows)

@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..pretrained import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_file, torch_load_tensors
-from ..safeio import file_checksums, guard_write, sha256_file, torch_save
+from ..safeio import file_checksums, guard_write, save_safetensors, sha256_file, torch_save
 from .distributed import DistInfo, barrier
 
 log = logging.getLogger(__name__)
@@ -122,9 +121,9 @@ def save_checkpoint(
         barrier(info)
         if info.is_main:
             assert model_state is not None and optimizer_state is not None, "rank 0 writes it"
-            save_file(
+            save_safetensors(
                 {k: v.contiguous() for k, v in model_state.items()},
-                str(tmp / WEIGHTS_NAME),
+                tmp / WEIGHTS_NAME,
                 metadata={"format": "pt"},
             )
             torch_save(optimizer_state, tmp / OPTIMIZER_NAME)
