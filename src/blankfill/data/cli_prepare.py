@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     total = sum(f.stat().st_size for f in files)
     bar = None
     if not args.no_progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing")
+        bar = progress_bar(total, unit="B", unit_scale=True, desc="tokenizing")
     t0 = time.perf_counter()
     try:
         manifest = prepare(

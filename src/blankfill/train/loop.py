@@ -31,6 +31,7 @@ from ..config import RunConfig, to_dict
 from ..data.batch import OBJECTIVES, Batch
 from ..model import GLM
 from ..pretrained import load_weights
+from ..progress import progress_bar
 from ..safeio import RunLock
 from . import checkpoint as ckpt_io
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, no_grad_sync, wrap_model
@@ -269,9 +270,9 @@ def train(
             keep_last=tc.keep_last,
         )
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not show_bar, dynamic_ncols=True)
+    bar = progress_bar(
+        tc.max_steps, initial=step, disable=not show_bar, desc="pretrain", unit="step"
+    )
     batches = iter(data)
     bad_steps = 0
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
