@@ -82,7 +82,9 @@ def guard_write(target: str | Path, *cleanup: str | Path, hint: str = "") -> Ite
             target = Path(target)
             msg = f"{target}: no space left on device ({_free(target)} after clean-up)"
             msg += f"; {hint}" if hint else "; free some space (or write elsewhere) and run again"
-            raise DiskFullError(errno.ENOSPC, msg) from None
+            err = DiskFullError(msg)  # str() is the message alone (no "[Errno 28]" prefix)
+            err.errno = errno.ENOSPC
+            raise err from None
         raise
 
 

@@ -18,6 +18,7 @@ import torch
 from ..config import RunConfig, load_config, to_dict
 from ..data.store import TokenStore
 from ..model import GLM
+from ..safeio import check_run_free
 from .checkpoint import list_checkpoints
 from .distributed import env_dist_info, init_distributed, resolve_device, teardown
 from .loop import train
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     run_dir = Path(cfg.train.out_dir)
+    check_run_free(run_dir)  # "RUN is in use by process N" before any other advice
     if not args.resume and not args.dry_run and list_checkpoints(run_dir):
         raise ValueError(
             f"{run_dir} already holds checkpoints; pass --resume auto to continue, or set "
