@@ -177,9 +177,10 @@ def prune(run_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_trainer_json(ckpt: Path, verify: bool = True) -> dict[str, Any]:
+def read_trainer_json(ckpt: Path, verify: bool = True, model_only: bool = False) -> dict[str, Any]:
     """``trainer.json`` after checking that every file it lists is present with its size and
-    (``verify``; checkpoints written before checksums were recorded have none) its sha256."""
+    (``verify``; checkpoints written before checksums were recorded have none) its sha256.
+    ``model_only``: check only what a model folder needs (not the optimizer and rank states)."""
     path = ckpt / TRAINER_NAME
     if not path.is_file():
         raise CheckpointError(f"{ckpt}: incomplete (no {TRAINER_NAME})")
@@ -187,7 +188,13 @@ def read_trainer_json(ckpt: Path, verify: bool = True) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+    def wanted(name: str) -> bool:
+        return not model_only or not name.endswith(".pt")
+
     for name, size in meta.get("files", {}).items():
+        if not wanted(name):
+            continue
         f = ckpt / name
         if not f.is_file():
             raise CheckpointError(f"{ckpt}: missing {name}")
@@ -197,11 +204,44 @@ def read_trainer_json(ckpt: Path, verify: bool = True) -> dict[str, Any]:
             )
     if verify:
         for name, digest in meta.get("sha256", {}).items():
-            if sha256_file(ckpt / name) != digest:
+            if wanted(name) and sha256_file(ckpt / name) != digest:
                 raise CheckpointError(
                     f"{ckpt}: {name} does not match its recorded sha256 (damaged on disk?)"
                 )
     return meta
+
+
+def newest_good_checkpoint(run_dir: str | Path) -> Path:
+    """The newest checkpoint of a run folder whose model files verify (sizes and sha256);
+    damaged ones are skipped with a warning.
+
+    Raises:
+        CheckpointError: the run folder has no checkpoint that verifies.
+    """
+    damaged = []
+    for ckpt in list_checkpoints(run_dir):
+        try:
+            read_trainer_json(ckpt, model_only=True)
+            return ckpt
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s: %s", ckpt.name, e)
+            damaged.append(ckpt.name)
+    found = f" ({', '.join(damaged)} damaged)" if damaged else ""
+    raise CheckpointError(
+        f"{run_dir} has no usable checkpoint{found}; train it with `blankfill pretrain` or "
+        "pass a model folder"
+    )
+
+
+def model_folder(path: str | Path) -> Path:
+    """``path`` itself, or for a pretraining run folder (one holding ``checkpoints/``) its newest
+    good checkpoint (logged), so that ``--model RUN`` works where a model folder is expected."""
+    path = Path(path)
+    if (path / CHECKPOINTS).is_dir() and not (path / WEIGHTS_NAME).exists():
+        ckpt = newest_good_checkpoint(path)
+        log.info("%s is a run folder: using its newest checkpoint %s", path, ckpt.name)
+        return ckpt
+    return path
 
 
 def _torch_load(path: Path) -> Any:
@@ -343,6 +383,8 @@ __all__ = [
     "checkpoint_path",
     "list_checkpoints",
     "load_checkpoint",
+    "model_folder",
+    "newest_good_checkpoint",
     "load_latest",
     "prune",
     "read_trainer_json",
