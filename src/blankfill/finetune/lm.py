@@ -26,6 +26,14 @@ import torch.nn.functional as F
 from .cloze import ClozeInput, collate, to_device
 
 
+def check_at_least(**values: tuple[int | None, int]) -> None:
+    """``name=(value, least)``: a one-line ValueError for a set value below its least (a stride
+    or batch of 0 would loop forever or fail deep inside)."""
+    for name, (value, least) in values.items():
+        if value is not None and value < least:
+            raise ValueError(f"{name.replace('_', '-')} must be >= {least}, got {value}")
+
+
 def _blank_id(tokenizer) -> int:
     sp = tokenizer.special
     return sp.gmask if getattr(sp, "gmask", None) is not None else sp.mask
@@ -83,6 +91,7 @@ def lambada(
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """LAMBADA accuracy (and last-word perplexity) from the ``{"text": ...}`` jsonl."""
+    check_at_least(batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 8), limit=(limit, 1))
     model.eval()
     max_len = min(max_seq_len or 512, model.config.max_sequence_length)
     examples = []
@@ -143,6 +152,7 @@ def perplexity(
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Sliding-window perplexity of a text file (token level, and the adjusted word level)."""
+    check_at_least(stride=(stride, 1), batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 4))
     model.eval()
     path = Path(path)
     if not path.is_file():

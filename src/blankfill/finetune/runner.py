@@ -7,6 +7,7 @@ metrics = evaluate_cloze(model, tokenizer, get_task("cb"), valid_records)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,8 +25,11 @@ from .cloze import (
     score_all,
     to_device,
 )
+from .lm import check_at_least
 from .loop import Recipe, resolve_device, train
 from .tasks import ClozeTask
+
+log = logging.getLogger(__name__)
 
 
 def cloze_settings(task: ClozeTask, cfg: FinetuneRunConfig, model) -> dict[str, int]:
@@ -33,9 +37,19 @@ def cloze_settings(task: ClozeTask, cfg: FinetuneRunConfig, model) -> dict[str, 
     ft = cfg.finetune
     pid = task.pattern_id if ft.pattern_id is None else ft.pattern_id
     task.check_pattern_id(pid)
-    max_len = min(ft.max_seq_len or task.max_seq_len, model.config.max_sequence_length)
+    max_len = capped_length(ft.max_seq_len or task.max_seq_len, model, "finetune.max_seq_len")
     return {"pattern_id": pid, "epochs": ft.epochs or task.epochs,
             "batch_size": ft.batch_size or task.batch_size, "max_seq_len": max_len}  # fmt: skip
+
+
+def capped_length(requested: int, model, key: str) -> int:
+    """``requested`` capped by the model's ``max_sequence_length``; a cap is logged (once per
+    call site: callers resolve the length once per run)."""
+    rows = model.config.max_sequence_length
+    if requested > rows:
+        log.info("%s=%d is more than the model's max_sequence_length; using %d", key, requested,
+                 rows)  # fmt: skip
+    return min(requested, rows)
 
 
 def require_labels(task: ClozeTask, records: Sequence[dict], what: str = "evaluation data") -> None:
@@ -68,9 +82,10 @@ def evaluate_cloze(
 ) -> dict[str, Any]:
     """Score every record and return the task's metrics (zero-shot or fine-tuned model)."""
     require_labels(task, records)
+    check_at_least(batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 8))
     pid = task.pattern_id if pattern_id is None else pattern_id
     task.check_pattern_id(pid)
-    max_len = min(max_seq_len or task.max_seq_len, model.config.max_sequence_length)
+    max_len = capped_length(max_seq_len or task.max_seq_len, model, "max_seq_len")
     single = head is not None or is_single_token(task, tokenizer, pid)
     xs = [encode_record(task, r, tokenizer, pattern_id=pid, max_seq_len=max_len, single_token=single)
           for r in records]  # fmt: skip

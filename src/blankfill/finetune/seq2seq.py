@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..config import FinetuneRunConfig
 from .cloze import ClozeInput, collate, to_device
+from .lm import check_at_least
 from .loop import Recipe, resolve_device, train
 from .readers import read_rows
 
@@ -176,6 +177,7 @@ def evaluate_seq2seq(
     from ..generate import InfillIds, generate
 
     require_pairs(pairs)
+    check_at_least(batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 8))
     model.eval()
     rows = model.config.max_sequence_length
     src_len = min(max_seq_len or rows, rows)
