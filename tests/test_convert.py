@@ -20,7 +20,8 @@ from blankfill.convert import (
     rule_for,
     split_model_parallel,
 )
-from blankfill.pretrained import convert_folder, load_pretrained, read_checkpoint, save_pretrained
+from blankfill.folder import convert_folder
+from blankfill.pretrained import load_pretrained, read_checkpoint, save_pretrained
 from blankfill.testing import tiny_config
 
 ATOL = 1e-5
@@ -343,7 +344,7 @@ def test_missing_mp_rank_and_sentencepiece(tmp_path):
     torch.save({"module": shards[1]}, tmp_path / "mp_rank_01_model_states.pt")
     with pytest.raises(ConfigError, match=r"ranks \[1\] are not 0..0"):
         load_pretrained(tmp_path)
-    from blankfill.pretrained import load_folder_tokenizer
+    from blankfill.folder import load_folder_tokenizer
 
     spm = tmp_path / "spm"
     spm.mkdir()

@@ -159,12 +159,12 @@ def test_cli_errors_are_one_line(model_dir, capsys, tmp_path):
 
 @pytest.mark.parametrize("mark", [("", ""), ("[", "]")])
 def test_streamer_writes_what_fill_joins(tok, mark):
-    from blankfill.filling import _join, _render, _segments, _Streamer
+    from blankfill.filling import Streamer, _join, _render, _segments
 
     text = "the cat [MASK] on the [MASK]. [MASK]"
     fills = [[], tok.encode(" mat"), tok.encode("é!")[:1]]  # empty; bpe space; cut mid character
     out = io.StringIO()
-    s = _Streamer(tok, text, 3, out, mark)
+    s = Streamer(tok, text, 3, out, mark)
     for blank, ids in enumerate(fills):
         for i in ids:
             s.token(blank, [i])
