@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import torch
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, from_dict
 
 log = logging.getLogger(__name__)
 

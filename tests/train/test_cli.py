@@ -58,7 +58,10 @@ def test_cli_config_error_is_one_line(capsys):
     tiny = str(REPO / "configs/pretrain/tiny.toml")
     assert cli.main(["pretrain", "--config", tiny, "--train.max_stepz=2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--train.max_stepz: unknown key; did you mean train.max_steps?" in err
+    assert (
+        err.count("\n") == 0
+        and "--train.max_stepz: unknown key; did you mean train.max_steps?" in err
+    )
     with pytest.raises(SystemExit):
         cli.main(["pretrain", "--config", tiny, "stray"])
 
