@@ -30,6 +30,7 @@ def test_demo_trains_fills_and_reuses(tmp_path, corpus, capsys, monkeypatch):
     monkeypatch.setattr(demo, "PROMPTS", ["Good [MASK], my lord.", "KING.\n[gMASK]"])
     out_dir = tmp_path / "demo"
     args = ["demo", "--dir", str(out_dir), "--config", DEMO_CONFIG, "--corpus", str(corpus)]
+    args += ["--log.every=1"]  # the demo takes the run config's overrides too
     args += ["--steps", "2", "--eval-batches", "1"]
     assert cli.main(args) == 0
     first = capsys.readouterr().out

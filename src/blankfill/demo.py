@@ -25,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -159,6 +160,7 @@ def run_demo(
     steps: int | None = None,
     minutes: float | None = None,
     eval_batches: int = 8,
+    overrides: Sequence[str] = (),
 ) -> int:
     """Run the five stages (module docstring) under ``root``; returns 0.
 
@@ -170,6 +172,7 @@ def run_demo(
             training, at most the config's ``train.max_steps``).
         minutes: training time limit (default: the config's ``train.max_minutes``).
         eval_batches: held-out batches for the loss before and after.
+        overrides: ``section.key=value`` changes of the run config (``model.num_layers=4``).
     """
     t_start, steps_arg = time.perf_counter(), steps
     root = Path(root)
@@ -181,18 +184,19 @@ def run_demo(
     from .tokenizer import load_tokenizer, train_tokenizer
     from .train.loop import train
 
-    overrides = [f"data.store={root / 'store'}", f"train.out_dir={root / 'run'}"]
+    changes = [f"data.store={root / 'store'}", f"train.out_dir={root / 'run'}"]
     if steps:
-        overrides.append(f"train.max_steps={steps}")
+        changes.append(f"train.max_steps={steps}")
     if minutes is not None:
-        overrides.append(f"train.max_minutes={minutes}")
+        changes.append(f"train.max_minutes={minutes}")
+    changes += list(overrides)
     config_path = Path(config)
     if not config_path.is_file():
         raise OSError(
             f"demo config {config_path} not found: run from the repository root (make demo) or "
             "pass --config PATH"
         )
-    cfg = load_config(RunConfig, config_path, overrides)
+    cfg = load_config(RunConfig, config_path, changes)
 
     # 1. corpus --------------------------------------------------------------------------------
     t = time.perf_counter()

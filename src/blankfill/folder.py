@@ -76,7 +76,10 @@ def load_model_and_tokenizer(
     model = load_pretrained(path, **overrides)
     saved = load_folder_tokenizer(path)
     if tokenizer is None and saved is None:
-        raise ValueError(f"no tokenizer files in {path}; pass --tokenizer DIR")
+        raise ValueError(
+            f"no tokenizer files in {path}: save the model with its tokenizer "
+            "(save_pretrained(model, dir, tokenizer)) or name a tokenizer folder"
+        )
     tok = saved if tokenizer is None else _load_tokenizer_folder(tokenizer)
     check_compatible(model, tok, reference=saved)
     return model.to(device), tok

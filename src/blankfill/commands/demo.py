@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import RunConfig
+
 HELP = "pretrain a small GLM on Shakespeare in minutes on a CPU, then fill blanks"
+CONFIG = RunConfig  # --section.key=value changes the demo's run (e.g. --model.num_layers=4)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -27,4 +30,5 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     return run_demo(args.dir, args.config, corpus=args.corpus, steps=args.steps,
-                    minutes=args.minutes, eval_batches=args.eval_batches)  # fmt: skip
+                    minutes=args.minutes, eval_batches=args.eval_batches,
+                    overrides=args.overrides)  # fmt: skip
