@@ -20,8 +20,7 @@ from blankfill.convert import (
     rule_for,
     split_model_parallel,
 )
-from blankfill.folder import convert_folder
-from blankfill.pretrained import load_pretrained, read_checkpoint, save_pretrained
+from blankfill.pretrained import convert_folder, load_pretrained, read_checkpoint, save_pretrained
 from blankfill.testing import tiny_config
 
 ATOL = 1e-5

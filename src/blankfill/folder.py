@@ -1,37 +1,21 @@
-"""A model folder with its tokenizer: loading both, checking they belong together, converting.
+"""A model folder with its tokenizer: loading both and checking that they belong together.
 
-``load_model_and_tokenizer(path)`` is the one way commands (fill, finetune, evaluate, convert,
-serve ...) open a model folder. Tokenizers: ours (``tokenizer.json`` + ``special_tokens.json``) or
-the official files (BERT ``vocab.txt``, GPT-2/RoBERTa ``vocab.json`` + ``merges.txt``, the
-Chinese SentencePiece model).
+``load_model_and_tokenizer(path)`` is the one way commands (fill, finetune, evaluate, serve ...)
+open a model folder for use. ``blankfill convert`` copies folders without building a model
+(``convert_folder``, so dtypes are kept) and reads tokenizers with the same
+``load_folder_tokenizer``; both live in ``blankfill.pretrained`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from . import convert
-from .config import ConfigError
 from .model import GLM
-from .pretrained import (
-    CONFIG_NAME,
-    HUB_CODE_FILES,
-    OFFICIAL_TOKENIZER_FILES,
-    OUR_TOKENIZER_FILES,
-    load_pretrained,
-    read_checkpoint,
-    save_state,
-)
-from .tokenizer import Tokenizer, load_tokenizer
-
-log = logging.getLogger(__name__)
-
+from .pretrained import convert_folder, load_folder_tokenizer, load_pretrained
+from .tokenizer import Tokenizer
 
 def check_compatible(model: GLM, tokenizer: Tokenizer, reference: Tokenizer | None = None) -> None:
     """Raise a one-line ValueError unless ``tokenizer`` belongs to ``model``.
@@ -92,76 +76,9 @@ def _load_tokenizer_folder(path: str | Path) -> Tokenizer:
     return tok
 
 
-def load_folder_tokenizer(path: str | Path) -> Any | None:
-    """The tokenizer of a model folder, or None if it has no tokenizer files.
-
-    Ours and the official BERT / GPT-2 / RoBERTa files are read by ``tokenizer.load_tokenizer``;
-    the Chinese SentencePiece model (``*.model``) needs the optional ``sentencepiece`` package.
-    """
-    path = Path(path)
-    names = OUR_TOKENIZER_FILES + ("vocab.txt", "vocab.json")
-    if any((path / name).is_file() for name in names):
-        return load_tokenizer(path)
-    spm = sorted(path.glob("*.model"))
-    return _sentencepiece_tokenizer(spm[0], path) if spm else None
-
-
-def _sentencepiece_tokenizer(model_file: Path, path: Path) -> Any:
-    try:
-        import sentencepiece  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            f"{model_file}: the Chinese GLM tokenizer is a SentencePiece model; install the "
-            "optional package sentencepiece (pip install sentencepiece) to read it"
-        ) from None
-    if not hasattr(Tokenizer, "from_sentencepiece"):
-        raise ConfigError(f"{model_file}: SentencePiece tokenizers are not supported yet")
-    config = json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).is_file() else {}
-    if config.get("bad_words_id") == [50009]:
-        # glm-10b-chinese (spec §2): trained with [gMASK] = 50007 = eop; the hub converter copied
-        # row 50007 to 50009, which the hub tokenizer uses for [gMASK]; never generate 50009.
-        log.warning("%s: glm-10b-chinese: [gMASK] is 50009 (a copy of eop's row 50007)", path)
-    return Tokenizer.from_sentencepiece(model_file)
-
-
-def convert_folder(
-    src: str | Path,
-    dst: str | Path,
-    to_format: Literal["blankfill", "hub"] = "blankfill",
-    weights: Literal["safetensors", "bin"] = "safetensors",
-    copy_gmask_row: bool = False,
-    **overrides: Any,
-) -> Path:
-    """Convert any folder ``load_pretrained`` reads into ours or the hub layout; dtypes are kept.
-
-    Tokenizer files are copied; official ones are also written as ours (blankfill format) when the
-    tokenizer can be built here. ``copy_gmask_row``: see ``convert.copy_gmask_row``.
-    """
-    src, dst = Path(src), Path(dst)
-    cfg, state = read_checkpoint(src, **overrides)
-    if dst.resolve() == src.resolve():
-        raise ConfigError(f"--to {dst} is the source folder; choose a new folder")
-    if copy_gmask_row:
-        state = convert.copy_gmask_row(state)
-    save_state(state, cfg, dst, to_format, weights)
-    names = OUR_TOKENIZER_FILES + OFFICIAL_TOKENIZER_FILES
-    names += HUB_CODE_FILES if to_format == "hub" else ()
-    for name in names:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
-    if to_format == "blankfill" and not (src / OUR_TOKENIZER_FILES[0]).is_file():
-        try:
-            tokenizer = load_folder_tokenizer(src)
-        except (ImportError, ValueError, OSError) as e:
-            log.warning("tokenizer not converted: %s", e)
-        else:
-            if tokenizer is not None:
-                if tokenizer.vocab_size > cfg.vocab_size:
-                    log.warning(
-                        "the tokenizer has %d tokens but the model only %d embedding rows",
-                        tokenizer.vocab_size,
-                        cfg.vocab_size,
-                    )
-                tokenizer.save(dst)
-    log.info("wrote %s (%s format) from %s", dst, to_format, src)
-    return dst
+__all__ = [
+    "check_compatible",
+    "convert_folder",
+    "load_folder_tokenizer",
+    "load_model_and_tokenizer",
+]
