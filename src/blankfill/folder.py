@@ -17,6 +17,7 @@ from .model import GLM
 from .pretrained import convert_folder, load_folder_tokenizer, load_pretrained
 from .tokenizer import Tokenizer
 
+
 def check_compatible(model: GLM, tokenizer: Tokenizer, reference: Tokenizer | None = None) -> None:
     """Raise a one-line ValueError unless ``tokenizer`` belongs to ``model``.
 
