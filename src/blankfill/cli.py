@@ -43,7 +43,9 @@ class _RankZeroFilter(logging.Filter):
 
 
 def setup_logging(verbose: bool = False, rank: int = 0) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    from .progress import LogHandler  # through tqdm.write on a terminal: bars stay whole
+
+    handler = LogHandler()
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
@@ -51,6 +53,7 @@ def setup_logging(verbose: bool = False, rank: int = 0) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.captureWarnings(True)  # Python warnings as log lines (one format, bar-safe)
 
 
 def _is_override(arg: str) -> bool:

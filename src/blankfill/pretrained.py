@@ -349,12 +349,26 @@ def convert_folder(
         raise ConfigError(f"--to {dst} is the source folder; choose a new folder")
     if copy_gmask_row:
         state = convert.copy_gmask_row(state)
+    final, dst = dst, dst.parent / f".{dst.name}.tmp-{os.getpid()}"  # renamed when complete
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    with guard_write(final, dst):
+        _write_converted(src, dst, state, cfg, to_format, weights)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(dst, final)
+    log.info("wrote %s (%s format) from %s", final, to_format, src)
+    return final
+
+
+def _write_converted(src: Path, dst: Path, state, cfg, to_format, weights) -> None:
     save_state(state, cfg, dst, to_format, weights)
     names = OUR_TOKENIZER_FILES + OFFICIAL_TOKENIZER_FILES
     names += HUB_CODE_FILES if to_format == "hub" else ()
     for name in names:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
+            follow_umask(dst / name)
     if to_format == "blankfill" and not (src / OUR_TOKENIZER_FILES[0]).is_file():
         try:
             tokenizer = load_folder_tokenizer(src)
@@ -369,5 +383,3 @@ def convert_folder(
                         cfg.vocab_size,
                     )
                 tokenizer.save(dst)
-    log.info("wrote %s (%s format) from %s", dst, to_format, src)
-    return dst

@@ -111,6 +111,29 @@ class LogProgress:
         self.close()
 
 
+class LogHandler(logging.StreamHandler):
+    """A stderr handler that prints through ``tqdm.write`` on a terminal, so that a log line (or
+    a captured warning) never breaks a progress bar in two."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # the current stderr (it may have been replaced since set-up)
+        try:
+            interactive = self.stream.isatty()
+        except (ValueError, AttributeError):
+            interactive = False
+        if not interactive:
+            return super().emit(record)
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
 def progress_bar(total: float | None = None, *, interactive: bool | None = None, **kw: Any) -> Any:
     """A tqdm bar when stderr is a terminal (``interactive``), else a ``LogProgress``.
 
@@ -125,4 +148,4 @@ def progress_bar(total: float | None = None, *, interactive: bool | None = None,
     return LogProgress(total, **kw)
 
 
-__all__ = ["LOG_INTERVAL_S", "LogProgress", "progress_bar"]
+__all__ = ["LOG_INTERVAL_S", "LogHandler", "LogProgress", "progress_bar"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config import FinetuneRunConfig, load_config, to_dict
 from ..device import resolve_device
 from ..finetune.tasks import TASKS
+from . import at_least
 
 HELP = "fine-tune on a cloze or seq2seq task"
 CONFIG = FinetuneRunConfig
@@ -21,29 +22,41 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--valid", required=True, help="validation data file (evaluated every epoch)")
     p.add_argument("--model", required=True, help="pretrained model folder (with tokenizer)")
     p.add_argument("--out", default=None, help="run folder (default: runs/finetune-<task>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--config", default=None, help="TOML with [finetune] and [optim] tables")
-    p.add_argument("--limit", type=int, default=None, help="use the first N training examples")
+    p.add_argument("--limit", type=at_least(1), default=None,
+                   help="use the first N training examples")  # fmt: skip
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
     p.epilog = "E.g. --optim.lr=2e-5 --finetune.epochs=3 --finetune.head=classifier."
 
 
 def _tick(bar, s: dict) -> None:
+    if bar.total != s["total"]:  # known once the task's epochs and batch size are resolved
+        bar.total = s["total"]
     bar.update(1)
     bar.set_postfix(epoch=s["epoch"] + 1, loss=f"{s['loss']:.4f}", lr=f"{s['lr']:.2e}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _check_out(out: Path, overwrite: bool) -> None:
+    """An existing run folder is replaced only with --overwrite (its metrics.jsonl is cleared)."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite or choose another --out")
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # best/ is replaced after epoch 1
 
+
+def run(args: argparse.Namespace) -> int:
     from ..folder import load_model_and_tokenizer
+    from ..progress import progress_bar as tqdm
 
     cfg = load_config(FinetuneRunConfig, args.config, args.overrides)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    out = Path(args.out or f"runs/finetune-{Path(args.task).stem}")
+    _check_out(out, args.overwrite)
     device = resolve_device(cfg.finetune.device, key="finetune.device")
     model, tokenizer = load_model_and_tokenizer(args.model, device=device)
-    out = Path(args.out or f"runs/finetune-{Path(args.task).stem}")
     if args.task == "seq2seq":
         from ..finetune.seq2seq import finetune_seq2seq, read_pairs
 

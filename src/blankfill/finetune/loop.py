@@ -92,7 +92,8 @@ def train(
         epochs, batch_size: resolved values (task defaults applied by the caller).
         out_dir: where ``best/`` and ``metrics.jsonl`` go; None writes nothing.
         tokenizer: saved with the best checkpoint.
-        on_step: called after each step with {"step", "epoch", "loss", "lr"} (a progress bar).
+        on_step: called after each step with {"step", "total", "epoch", "loss", "lr"} (a
+            progress bar; ``total`` is the run's number of steps).
 
     Returns:
         {"best": metrics of the best epoch, "best_epoch", "history": one dict per epoch}.
@@ -125,7 +126,9 @@ def train(
             step += 1
             losses.append(float(loss.detach()))
             if on_step is not None:
-                on_step({"step": step, "epoch": epoch, "loss": losses[-1], "lr": lr})
+                on_step(
+                    {"step": step, "total": total, "epoch": epoch, "loss": losses[-1], "lr": lr}
+                )
         metrics = recipe.evaluate()
         row = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                "seconds": round(time.perf_counter() - t0, 2), **metrics}  # fmt: skip

@@ -10,6 +10,7 @@ scores ROUGE-1/2/L F1 with ``rouge-score`` (the optional ``eval`` extra, importe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from .cloze import ClozeInput, collate, to_device
 from .lm import check_at_least
 from .loop import Recipe, train
 from .readers import read_rows
+from .runner import capped_length
+
+log = logging.getLogger(__name__)
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -94,7 +98,11 @@ def finetune_seq2seq(
     device = resolve_device(ft.device, key="finetune.device")
     model.to(device)
     rows = model.config.max_sequence_length
-    src_len, tgt_len = min(ft.max_seq_len or rows, rows), min(ft.max_target_len, rows - 1)
+    src_len = capped_length(ft.max_seq_len or rows, model, "finetune.max_seq_len")
+    tgt_len = min(ft.max_target_len, rows - 1)
+    if ft.max_target_len > rows - 1:
+        log.info("finetune.max_target_len=%d is capped to %d by the model", ft.max_target_len,
+                 rows - 1)  # fmt: skip
     sp = tokenizer.special
     train_xs = [encode_pair(tokenizer, s, t, src_len, tgt_len) for s, t in train_pairs]
     valid_xs = [encode_pair(tokenizer, s, t, src_len, tgt_len) for s, t in valid_pairs]
@@ -166,7 +174,7 @@ def evaluate_seq2seq(
     check_at_least(batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 8))
     model.eval()
     rows = model.config.max_sequence_length
-    src_len = min(max_seq_len or rows, rows)
+    src_len = capped_length(max_seq_len or rows, model, "max_seq_len")
     settings = {"strategy": "beam", "num_beams": 5, "no_repeat_ngram_size": 3, **decoding}
     ids = InfillIds.from_tokenizer(tokenizer)
     predictions = []
