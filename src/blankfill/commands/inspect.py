@@ -63,10 +63,14 @@ def describe(ex: Example, tokenizer: Any, special: Any, max_rows: int = 60) -> s
 
     sep = ex.context_len
     ids, labels, (pos, blk) = ex.input_ids, ex.labels, ex.position_ids
+    starts = [i for i in range(sep, len(ids)) if blk[i] == 1]
+    k = len(starts)
     lines = [f"objective {('MASK', 'sMASK', 'gMASK')[ex.objective]}, length {len(ex)}, "
              f"context_len (|Part A|) {sep}, sample {ex.sample_index}",
+             f"length {len(ex)} = {len(ex) - 2 * k} sample tokens ([CLS] + text, at most "
+             f"--seq-len) + 2 per span x {k} span(s): each span leaves a blank in Part A and "
+             "opens with [sop] in Part B",
              "", "Part A:", "  " + text(ids[:sep]).replace("\n", "\\n"), "", "Part B:"]  # fmt: skip
-    starts = [i for i in range(sep, len(ids)) if blk[i] == 1]
     for s, e in zip(starts, [*starts[1:], len(ids)], strict=False):
         span = text(labels[s : e - 1]).replace("\n", "\\n")
         lines.append(f"  at position {pos[s]}: [sop] {span} [eop]")
