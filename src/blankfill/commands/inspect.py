@@ -13,7 +13,7 @@ from ..config import CorruptConfig, DataConfig, load_config
 from ..data.corrupt import Example
 from ..data.objectives import Corruptor, RawSample
 from ..data.store import sentence_end_table, special_to_dict
-from . import add_aliases, overrides
+from . import add_aliases, at_least, overrides
 
 _MIX = {"token": (1.0, 0.0, 0.0), "sentence": (0.0, 1.0, 0.0), "document": (0.0, 0.0, 1.0)}
 
@@ -37,13 +37,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     src.add_argument("store", nargs="?", help="a token store folder (from blankfill prepare)")
     src.add_argument("--text", help="raw text to corrupt instead of a store sample")
     p.add_argument("--tokenizer", metavar="DIR", help="with --text: a saved tokenizer folder")
-    p.add_argument("--index", type=int, default=0, help="global sample index in the stream")
+    p.add_argument("--index", type=at_least(0), default=0,
+                   help="global sample index in the stream")  # fmt: skip
     p.add_argument("--split", choices=("train", "valid"), default="train")
     add_aliases(p, "data", ("valid_fraction", "seq_len", "seed"))
     p.add_argument("--objective", choices=tuple(_MIX), default="token",
                    help="sets corrupt.token_prob / sentence_prob / document_prob")  # fmt: skip
     p.add_argument("--no-shuffle", action="store_true", help="Part B in text order")
-    p.add_argument("--max-rows", type=int, default=60, help="token table rows to print")
+    p.add_argument("--max-rows", type=at_least(1), default=60, help="token table rows to print")
 
 
 def render_mask(ex: Example, width: int = 48) -> str:
@@ -94,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     preset += ["corrupt.shuffle_spans=false"] if args.no_shuffle else []
     cfg = load_config(CONFIG, None, preset + overrides(args))
     ccfg = cfg.corrupt
+    if args.text is None and args.tokenizer:
+        raise ValueError("--tokenizer applies with --text only (a store has its own tokenizer)")
+    if args.text is not None and args.split != "train":
+        raise ValueError("--split applies to a store sample only, not to --text")
     if args.text is not None:
         if not args.tokenizer:
             raise ValueError("--text needs --tokenizer DIR (a saved tokenizer folder)")

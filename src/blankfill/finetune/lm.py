@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .cloze import ClozeInput, collate, to_device
+from .readers import read_utf8
 
 
 def check_at_least(**values: tuple[int | None, int]) -> None:
@@ -95,22 +96,19 @@ def lambada(
     model.eval()
     max_len = min(max_seq_len or 512, model.config.max_sequence_length)
     examples = []
-    with Path(path).open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(
-                    f"{path}:{n}: expected a JSON object with a 'text' field"
-                ) from None
-            if " " not in text.strip():
-                raise ValueError(f"{path}:{n}: the text has no last word to predict")
-            context, word = text.rstrip().rsplit(" ", 1)
-            examples.append((tokenizer.encode(context), tokenizer.encode(" " + word)))
-            if limit and len(examples) >= limit:
-                break
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
+        if " " not in text.strip():
+            raise ValueError(f"{path}:{n}: the text has no last word to predict")
+        context, word = text.rstrip().rsplit(" ", 1)
+        examples.append((tokenizer.encode(context), tokenizer.encode(" " + word)))
+        if limit and len(examples) >= limit:
+            break
     if not examples:
         raise ValueError(f"{path}: no examples (an empty file?); LAMBADA needs one text per line")
     sp = tokenizer.special
@@ -155,9 +153,7 @@ def perplexity(
     check_at_least(stride=(stride, 1), batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 4))
     model.eval()
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     ids = tokenizer.encode(text)
     if len(ids) < 2:
         raise ValueError(f"{path}: needs at least two tokens to score")

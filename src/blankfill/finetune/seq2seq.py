@@ -23,7 +23,7 @@ from ..device import resolve_device
 from .cloze import ClozeInput, collate, to_device
 from .lm import check_at_least
 from .loop import Recipe, train
-from .readers import read_rows
+from .readers import read_rows, read_utf8
 from .runner import capped_length
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
         for p in (src, tgt):
             if not p.is_file():
                 raise FileNotFoundError(f"seq2seq data needs both {src.name} and {tgt.name}: {p}")
-        sources = src.read_text(encoding="utf-8").splitlines()
-        targets = tgt.read_text(encoding="utf-8").splitlines()
+        sources, targets = read_utf8(src).splitlines(), read_utf8(tgt).splitlines()
         if len(sources) != len(targets):
             raise ValueError(f"{src} has {len(sources)} lines but {tgt} has {len(targets)}")
         return list(zip(sources, targets, strict=True))
