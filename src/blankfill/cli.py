@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         if os.environ.get("BLANKFILL_DEBUG"):
             raise
+        from .safeio import DiskFullError, is_no_space
+
+        if is_no_space(e) and not isinstance(e, DiskFullError):  # a write we did not guard
+            where = getattr(e, "filename", None) or "while writing"
+            e = OSError(f"{where}: no space left on device; free some space and run again")
         print(f"blankfill {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -58,7 +58,10 @@ def run_cli(capsys):
 
     def run(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        rc = cli.main([str(a) for a in argv])
+        try:
+            rc = cli.main([str(a) for a in argv])
+        except SystemExit as e:  # argparse: usage line + "blankfill VERB: error: ..."
+            rc = e.code
         out, err = capsys.readouterr()
         return rc, out, err
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import FinetuneRunConfig, load_config, to_dict
+from ..config import FinetuneConfig, FinetuneRunConfig, load_config, to_dict
 from ..device import resolve_device
 from ..finetune.tasks import TASKS
 from . import at_least
@@ -45,6 +45,23 @@ def _check_out(out: Path, overwrite: bool) -> None:
         (out / "metrics.jsonl").unlink(missing_ok=True)  # best/ is replaced after epoch 1
 
 
+#: finetune.* keys that one task kind uses; set for the other kind they would be ignored.
+ONLY_FOR = {
+    "cloze": ("pattern_id", "head", "length_penalty"),
+    "seq2seq": ("max_target_len", "label_smoothing"),
+}
+
+
+def check_applicable(cfg: FinetuneRunConfig, task: str) -> None:
+    """A one-line error for a finetune.* key the task kind does not use (it would be ignored)."""
+    kind = "seq2seq" if task == "seq2seq" else "cloze"
+    default = FinetuneConfig()
+    for other, keys in ONLY_FOR.items():
+        for key in keys if other != kind else ():
+            if getattr(cfg.finetune, key) != getattr(default, key):
+                raise ValueError(f"finetune.{key} applies to {other} tasks only, not --task {task}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..folder import load_model_and_tokenizer
     from ..progress import progress_bar as tqdm
@@ -53,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    check_applicable(cfg, args.task)
     out = Path(args.out or f"runs/finetune-{Path(args.task).stem}")
     _check_out(out, args.overwrite)
     device = resolve_device(cfg.finetune.device, key="finetune.device")
