@@ -183,7 +183,8 @@ def read_trainer_json(ckpt: Path, verify: bool = True, model_only: bool = False)
     ``model_only``: check only what a model folder needs (not the optimizer and rank states)."""
     path = ckpt / TRAINER_NAME
     if not path.is_file():
-        raise CheckpointError(f"{ckpt}: incomplete (no {TRAINER_NAME})")
+        hint = "; it is a run folder: use --resume auto" if (ckpt / CHECKPOINTS).is_dir() else ""
+        raise CheckpointError(f"{ckpt}: incomplete (no {TRAINER_NAME}){hint}")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
