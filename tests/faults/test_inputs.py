@@ -75,10 +75,10 @@ def test_empty_or_unlabelled_evaluation_data(tmp_path, model_dir, run_cli):
     )
     rc, _, err = run_cli("finetune", "--task", "cb", "--train", train, "--valid", empty,
                          "--model", model_dir, "--out", tmp_path / "ft")  # fmt: skip
-    assert rc == 2 and "validation data has no examples" in error_line(err)
+    assert rc == 2 and f"{empty}: the validation data has no examples" in error_line(err)
     assert not (tmp_path / "ft" / "best").exists()
     rc, _, err = run_cli("evaluate", "--task", "cb", "--data", empty, "--model", model_dir)
-    assert rc == 2 and "has no examples" in error_line(err)
+    assert rc == 2 and f"{empty}: the evaluation data has no examples" in error_line(err)
     rc, _, err = run_cli("evaluate", "--task", "cb", "--data", unlabelled, "--model", model_dir)
     line = error_line(err)
     assert rc == 2 and f"{unlabelled}:2: 1 of 2 evaluation data examples have no label" in line

@@ -112,18 +112,20 @@ def run(args: argparse.Namespace) -> int:
                                    unidirectional=args.unidirectional, limit=args.limit,
                                    max_seq_len=args.max_seq_len, **batch)  # fmt: skip
     elif name == "seq2seq":
-        from ..finetune.seq2seq import evaluate_seq2seq, read_pairs
+        from ..finetune.seq2seq import evaluate_seq2seq, read_pairs, require_pairs
 
         pairs = read_pairs(args.data)[: args.limit or None]
+        require_pairs(pairs, source=str(args.data))
         result = evaluate_seq2seq(model, tokenizer, pairs, max_seq_len=args.max_seq_len,
                                   **batch, **decoding)  # fmt: skip
     else:
-        from ..finetune.runner import evaluate_cloze, load_head, read_finetune_info
+        from ..finetune.runner import evaluate_cloze, load_head, read_finetune_info, require_labels
         from ..finetune.tasks import get_task
 
         task = get_task(args.task)
         info = read_finetune_info(args.model)
         records = task.load(args.data)[: args.limit or None]
+        require_labels(task, records, source=str(args.data))
         head = load_head(args.model, model, task, info)
         pid = args.pattern_id if args.pattern_id is not None else info.get("pattern_id")
         bar = tqdm(total=len(records), desc=f"evaluate {task.name}", unit="ex")

@@ -76,20 +76,22 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.finetune.device, key="finetune.device")
     model, tokenizer = load_model_and_tokenizer(args.model, device=device)
     if args.task == "seq2seq":
-        from ..finetune.seq2seq import finetune_seq2seq, read_pairs
+        from ..finetune.seq2seq import finetune_seq2seq, read_pairs, require_pairs
 
         train, valid = read_pairs(args.train), read_pairs(args.valid)
+        require_pairs(valid, "validation data", str(args.valid))
         train = train[: args.limit] if args.limit else train
         bar = tqdm(desc="finetune seq2seq", unit="step")
         result = finetune_seq2seq(model, tokenizer, train, valid, cfg, out_dir=out,
                                   on_step=lambda s: _tick(bar, s))  # fmt: skip
     else:
         from ..eval import majority_baseline
-        from ..finetune.runner import finetune_cloze
+        from ..finetune.runner import finetune_cloze, require_labels
         from ..finetune.tasks import get_task
 
         task = get_task(args.task)
         train, valid = task.load(args.train), task.load(args.valid)
+        require_labels(task, valid, "validation data", str(args.valid))
         train = train[: args.limit] if args.limit else train
         bar = tqdm(desc=f"finetune {task.name}", unit="step")
         result = finetune_cloze(model, tokenizer, task, train, valid, cfg, out_dir=out,

@@ -56,11 +56,15 @@ def capped_length(requested: int, model, key: str) -> int:
     return min(requested, rows)
 
 
-def require_labels(task: ClozeTask, records: Sequence[dict], what: str = "evaluation data") -> None:
+def require_labels(
+    task: ClozeTask, records: Sequence[dict], what: str = "evaluation data", source: str = ""
+) -> None:
     """Raise a one-line ValueError unless there are records and every one has a gold label
-    (metrics over zero or label-less examples would read as a score of 0.0)."""
+    (metrics over zero or label-less examples would read as a score of 0.0). ``source``: the
+    file, named in the message."""
     if not records:
-        raise ValueError(f"the {what} has no examples; give a non-empty, labelled file")
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}the {what} has no examples; give a non-empty, labelled file")
     unlabelled = [r for r in records if not (r.get("gold") if task.metric == "record"
                                              else r.get("label", -1) >= 0)]  # fmt: skip
     if unlabelled:

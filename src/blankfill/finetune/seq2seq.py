@@ -128,10 +128,13 @@ def finetune_seq2seq(
                  or 16, out_dir=out_dir, tokenizer=tokenizer, on_step=on_step)  # fmt: skip
 
 
-def require_pairs(pairs: Sequence[tuple[str, str]], what: str = "evaluation data") -> None:
+def require_pairs(
+    pairs: Sequence[tuple[str, str]], what: str = "evaluation data", source: str = ""
+) -> None:
     """Raise a one-line ValueError for no pairs or a pair without a target (nothing to score)."""
     if not pairs:
-        raise ValueError(f"the {what} has no examples; give a non-empty file")
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}the {what} has no examples; give a non-empty file")
     empty = [i for i, (_, t) in enumerate(pairs) if not t.strip()]
     if empty:
         raise ValueError(
