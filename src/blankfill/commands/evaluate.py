@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import DecodingConfig, apply_overrides
 from ..finetune.tasks import TASKS
+from ..train.metrics import finite_or_none
 from . import at_least
 
 HELP = "evaluate: cloze metrics, LAMBADA, perplexity, ROUGE"
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         bar.close()
     result = {"task": args.task, "data": str(args.data), "model": str(args.model), **result}
-    text = json.dumps(result, indent=2)
+    text = json.dumps(finite_or_none(result), indent=2)  # an overflowing ppl is null, not Infinity
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

@@ -25,6 +25,7 @@ from torch import nn
 from ..config import FinetuneRunConfig, to_dict
 from ..pretrained import atomic_write_text, save_pretrained
 from ..safeio import guard_write, save_safetensors
+from ..train.metrics import finite_or_none
 from ..train.optim import build_optimizer, lr_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def train(
             best, best_epoch = metrics, epoch + 1
         if out is not None:
             with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(finite_or_none(row)) + "\n")  # NaN -> null
             if improved:
                 info = {"task": recipe.name, **recipe.info, "epoch": epoch + 1, "metrics": metrics}
                 save_finetuned(model, out / "best", tokenizer, recipe.head, info)
