@@ -84,7 +84,12 @@ class TokenStore:
                 f"{self.path} is not a token store: no manifest.json{hint}; "
                 "create one with `blankfill prepare --input ... --out DIR`"
             )
-        self.manifest: dict[str, Any] = json.loads(manifest.read_text())
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{manifest}: not valid JSON ({e}); re-run `blankfill prepare`"
+            ) from None
         if self.manifest.get("format") != FORMAT:
             raise ValueError(
                 f"{self.path}: unsupported store format {self.manifest.get('format')!r} "

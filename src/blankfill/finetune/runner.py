@@ -158,7 +158,12 @@ def finetune_cloze(
 def read_finetune_info(path: str | Path) -> dict[str, Any]:
     """A fine-tuned folder's ``finetune.json`` (pattern id, head, lengths); ``{}`` if absent."""
     info_path = Path(path) / INFO_NAME
-    return json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if not info_path.is_file():
+        return {}
+    try:
+        return json.loads(info_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{info_path}: not valid JSON ({e})") from None
 
 
 def load_head(path: str | Path, model, task: ClozeTask, info: dict) -> ClassifierHead | None:
