@@ -131,3 +131,13 @@ def test_progress_in_a_log_is_lines_not_carriage_returns(tmp_path, corpus, caplo
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stderr and "tokenizing: " in r.stderr and "(100%)" in r.stderr
+
+
+def test_damaged_json_files_are_named(tmp_path, store, run_cli):
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    (copy / "manifest.json").write_text('{"format": ')
+    rc, _, err = run_cli("inspect", copy)
+    assert rc == 2 and f"{copy / 'manifest.json'}: not valid JSON" in error_line(err)
