@@ -1,0 +1,1 @@
+"""One module per ``blankfill`` verb: ``configure(parser)`` and ``run(args) -> int``."""
