@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("blankfill.eval", "evaluate: cloze metrics, LAMBADA, perplexity, ROUGE"),
     "pretrain": ("blankfill.train.pretrain", "pretrain a GLM on a token store (torchrun for many)"),
     "plot": ("blankfill.train.plot", "draw a run's loss curves to PNG (needs matplotlib)"),
+    "lm-eval": ("blankfill.commands.lm_eval", "run lm-evaluation-harness tasks on a model"),
     "serve": ("blankfill.commands.serve", "serve blank filling over HTTP, with a playground page"),
 }
 
