@@ -80,7 +80,8 @@ def test_loglikelihood_is_part_b_after_context_and_gmask(lm, model, tok):
             ctx, cont = ctx[:-1], " " + cont
         a = [s.cls, *tok.encode(ctx), s.gmask] if ctx else [s.cls, s.gmask]
         c = tok.encode(cont)
-        own, _ = _score_rows(model, [(a, c)], tok, unidirectional=False)
+        with torch.no_grad():
+            own, _ = _score_rows(model, [(a, c)], tok, unidirectional=False)
         assert logp == pytest.approx(float(own[0]), abs=1e-4)
         assert logp == pytest.approx(_brute_part_b(model, a, c), abs=1e-4)
 
