@@ -38,7 +38,7 @@ from tokenizers import Tokenizer as Backend
 
 from .config import pad_vocab
 
-Kind = Literal["bpe", "bert", "gpt2", "roberta"]
+Kind = Literal["bpe", "bert", "gpt2", "roberta", "sentencepiece"]
 
 ROLES = ("pad", "eos", "cls", "mask", "smask", "gmask", "sop", "eop", "sep", "unk")
 # Text of each role as GLM writes it (official CommandToken names).
@@ -190,6 +190,19 @@ class Tokenizer:
         return cls._assemble(_byte_bpe(vocab, merges), vocab, "roberta")
 
     @classmethod
+    def from_sentencepiece(
+        cls, model_file: str | os.PathLike, *, fix_command_token: bool = True
+    ) -> Tokenizer:
+        """The Chinese GLM tokenizer (cog-pretrain SentencePiece, needs ``sentencepiece``): with
+        50,000 pieces, pad = eos 50000, sep 50001, [CLS] 50002, [MASK] 50003, [UNK] 50004, sop
+        50006, eop 50007, [sMASK] 50008 and [gMASK] 50009 (glm-large-chinese and both hub
+        folders); ``fix_command_token=False`` gives [gMASK] = eop = 50007, as glm-10b-chinese
+        was trained (spec §2; see :mod:`blankfill.spm`)."""
+        from .spm import SentencePieceBackend
+
+        return _spm_tokenizer(SentencePieceBackend.from_file(model_file, {}), fix_command_token)
+
+    @classmethod
     def _assemble(cls, backend: Backend, vocab: dict[str, int], kind: Kind) -> Tokenizer:
         """Register the vocabulary's role texts as special added tokens; alias GLM's spellings."""
         names = {role: text for role, text in _VOCAB_TEXT[kind].items() if text in vocab}
@@ -273,7 +286,12 @@ class Tokenizer:
         """Write ``tokenizer.json`` and ``special_tokens.json`` into folder ``path``; returns it."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / TOKENIZER_FILE).write_text(self.backend.to_str(pretty=True), encoding="utf-8")
+        if self.kind == "sentencepiece":
+            from .spm import MODEL_FILE
+
+            self.backend.save_model(path / MODEL_FILE)
+        else:
+            (path / TOKENIZER_FILE).write_text(self.backend.to_str(pretty=True), encoding="utf-8")
         meta = json.dumps(self._meta(), indent=2, sort_keys=True)
         (path / SPECIAL_FILE).write_text(meta + "\n", encoding="utf-8")
         return path
@@ -406,15 +424,52 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         if "<mask>" in vocab:
             return Tokenizer.from_roberta_files(path / "vocab.json", path / "merges.txt")
         return Tokenizer.from_gpt2_files(path / "vocab.json", path / "merges.txt")
+    from .spm import find_model_file
+
     if (path / TOKENIZER_FILE).is_file():
         return _load_saved(path)  # an error naming the missing special_tokens.json
+    if (model := find_model_file(path)) is not None:
+        return Tokenizer.from_sentencepiece(model)
     raise ValueError(
         f"no tokenizer in {path}: expected {TOKENIZER_FILE} + {SPECIAL_FILE} "
-        "(Tokenizer.save), vocab.txt (BERT) or vocab.json + merges.txt (GPT-2/RoBERTa)"
+        "(Tokenizer.save), vocab.txt (BERT), vocab.json + merges.txt (GPT-2/RoBERTa) or a "
+        "SentencePiece *.model (the Chinese GLMs)"
     )
 
 
+def _spm_tokenizer(backend: Any, fix_command_token: bool) -> Tokenizer:
+    """A SentencePiece backend with GLM's command tokens appended (``from_sentencepiece``)."""
+    from .spm import SentencePieceBackend, command_ids
+
+    ids = command_ids(backend.num_pieces, fix_command_token)
+    commands = {ROLE_TEXT[role]: i for role, i in ids.items()}
+    backend = SentencePieceBackend(backend.model, commands, where="SentencePiece model")
+    return Tokenizer(backend, SpecialTokens(**ids), kind="sentencepiece")
+
+
+def _saved_kind(path: Path) -> str | None:
+    try:
+        return json.loads((path / SPECIAL_FILE).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None  # reported by _load_saved
+
+
+def _load_saved_sentencepiece(path: Path) -> Tokenizer:
+    from .spm import MODEL_FILE, SentencePieceBackend
+
+    try:
+        meta = json.loads((path / SPECIAL_FILE).read_text(encoding="utf-8"))
+        special = SpecialTokens(**meta["special"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path / SPECIAL_FILE} is corrupt ({e}); re-save the tokenizer") from e
+    commands = {ROLE_TEXT[r]: i for r, i in special.to_dict().items() if i is not None}
+    backend = SentencePieceBackend.from_file(path / MODEL_FILE, commands)
+    return Tokenizer(backend, special, kind="sentencepiece")
+
+
 def _load_saved(path: Path) -> Tokenizer:
+    if _saved_kind(path) == "sentencepiece":
+        return _load_saved_sentencepiece(path)
     for name in (TOKENIZER_FILE, SPECIAL_FILE):
         if not (path / name).is_file():
             raise ValueError(
