@@ -114,13 +114,19 @@ def test_rolling_scores_every_token_once(lm, model, tok):
     ((whole, _),) = lm.loglikelihood([_req("loglikelihood", "", short)])
     assert roll == pytest.approx(whole, abs=1e-4)  # one window: [CLS] [gMASK] | the text
     long = " ".join(TEXTS * 6)  # longer than max_length: several windows
-    n = len(tok.encode(long))
-    assert n > lm.max_length
-    (roll,) = lm.loglikelihood_rolling([_req("loglikelihood_rolling", long)])
-    assert math.isfinite(roll) and roll < 0
-    small = BlankfillLM(model=model, tokenizer=tok, batch_size=1, stride=8)
-    (roll8,) = small.loglikelihood_rolling([_req("loglikelihood_rolling", long)])
-    assert roll8 != pytest.approx(roll)  # a different context length, a different score
+    ids = [tok.special.cls, *tok.encode(long)]
+    assert len(ids) > 2 * lm.max_length
+    small = BlankfillLM(model=model, tokenizer=tok, batch_size=2, stride=8)
+    (roll,) = small.loglikelihood_rolling([_req("loglikelihood_rolling", long)])
+    # by hand: windows of 8 scored tokens after up to 64 - 1 - 8 context tokens, each as Part B
+    want, scored, start = 0.0, 0, 1
+    while start < len(ids):
+        ctx, tgt = ids[max(0, start - 55) : start], ids[start : start + 8]
+        want += _brute_part_b(model, [*ctx, tok.special.gmask], tgt)
+        scored += len(tgt)
+        start += 8
+    assert scored == len(ids) - 1
+    assert roll == pytest.approx(want, rel=1e-5)
 
 
 def test_generate_until_fills_the_gmask_and_cuts_at_stop_strings(lm, model, tok):

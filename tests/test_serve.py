@@ -203,3 +203,45 @@ def test_cli_serve_help_and_bad_flags(capsys):
     assert "127.0.0.1" in capsys.readouterr().out
     assert cli.main(["serve", "--model", "x", "--max-batch", "0"]) == 2
     assert "--max-batch must be >= 1" in capsys.readouterr().err
+
+
+def test_healthz_says_503_when_the_worker_is_gone(filler):
+    svc = FillService(filler)
+    with BackgroundServer(create_app(svc)) as s:  # never started
+        h = httpx.get(s.url + "/healthz", timeout=10)
+        assert h.status_code == 503 and h.json()["status"] == "stopped"
+        r = _post(s, {"text": "a [MASK]"})
+        assert r.status_code == 500 and "not running" in r.json()["error"]["message"]
+
+
+def test_cli_serves_a_model_folder(filler, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from blankfill.pretrained import save_pretrained
+
+    folder = save_pretrained(filler.model, tmp_path / "m", filler.tokenizer)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "blankfill", "serve", "--model", str(folder), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "blankfill serve did not come up"
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        body = {"text": "the cat [MASK] on the mat.", "decoding": {"max_new_tokens": 3}}
+        r = httpx.post(url + "/v1/fill", json=body, timeout=60)
+        assert r.status_code == 200
+        assert r.json()["text"] == filler.fill(body["text"], max_new_tokens=3).text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert f"127.0.0.1:{port}" in proc.stderr.read()

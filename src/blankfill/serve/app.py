@@ -6,7 +6,8 @@ Routes:
                     answer is server-sent events: ``start`` (the text around the blanks), one
                     ``token`` per decoded token (``blank``, ``ids``, ``text``: the new characters),
                     then ``done`` (the same body as without streaming) or ``error``.
-    GET  /healthz   ``{"status": "ok", ...}``; answers while the model is busy.
+    GET  /healthz   ``{"status": "ok", ...}`` (503 once the worker has stopped); answers while
+                    the model is busy.
     GET  /          the playground: one self-contained HTML page (no external resources).
 
 Every error is JSON, ``{"error": {"code": 4xx, "message": "..."}}``: invalid JSON (400), a body
@@ -96,9 +97,9 @@ def create_app(service: FillService, *, max_body_bytes: int = MAX_BODY_BYTES) ->
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
+    async def healthz() -> JSONResponse:
         s = service.stats
-        return {
+        body = {
             "status": "ok" if service.alive else "stopped",
             "pending": service.pending,
             "requests": s.requests,
@@ -106,6 +107,7 @@ def create_app(service: FillService, *, max_body_bytes: int = MAX_BODY_BYTES) ->
             "largest_batch": s.largest_batch,
             "max_batch": service.max_batch,
         }
+        return JSONResponse(body, status_code=200 if service.alive else 503)
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:
