@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 
 import pytest
 import torch
@@ -149,9 +151,16 @@ def test_save_load_and_official_folders(small, tmp_path):
     (official / "cog-pretrain.model").write_bytes(open(small, "rb").read())
     for loaded in (load_tokenizer(official), load_folder_tokenizer(official)):
         assert loaded.kind == "sentencepiece" and loaded.special.gmask == tok.backend.num_pieces + 9
-    (tmp_path / "ours" / "sentencepiece.model").write_bytes(b"not a model")
+    copied = tmp_path / "copied"  # the usual two files hold everything (the model inside)
+    copied.mkdir()
+    for name in ("tokenizer.json", "special_tokens.json"):
+        (copied / name).write_bytes((tmp_path / "ours" / name).read_bytes())
+    assert load_tokenizer(copied).fingerprint() == tok.fingerprint()
+    saved_json = json.loads((copied / "tokenizer.json").read_text())
+    saved_json["model"] = base64.b64encode(b"not a model").decode()
+    (copied / "tokenizer.json").write_text(json.dumps(saved_json))
     with pytest.raises(ValueError, match="not a SentencePiece model"):
-        load_tokenizer(tmp_path / "ours")
+        load_tokenizer(copied)
 
 
 def test_filling_with_the_chinese_tokenizer(small, tmp_path):

@@ -40,9 +40,10 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from .config import DecodingConfig
-from .filling import BlankFiller
+from .device import resolve_device
 from .finetune.cloze import ClozeInput, collate, to_device
 from .finetune.lm import _score_rows, sliding_windows
+from .folder import load_model_and_tokenizer
 from .generate import InfillIds, generate
 from .model import GLM
 
@@ -95,11 +96,13 @@ class BlankfillLM(LM):
             )
         if (pretrained is None) == (model is None):
             raise ValueError("give either pretrained=DIR or model= and tokenizer=")
+        where = resolve_device(device, key="device") if device else None
         if model is None:
-            filler = BlankFiller.from_pretrained(pretrained)
-            model, tokenizer = filler.model, filler.tokenizer
+            model, tokenizer = load_model_and_tokenizer(pretrained, device=where or "cpu")
         elif tokenizer is None:
             raise ValueError("model= needs tokenizer= too")
+        elif where is not None:
+            model.to(where)
         if str(batch_size).startswith("auto"):
             batch_size = 8
         self.batch_size = int(batch_size)
@@ -107,8 +110,6 @@ class BlankfillLM(LM):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.unidirectional = _flag(unidirectional)
         self.glm = model.eval()
-        if device:
-            self.glm.to(device)
         self.tok = tokenizer
         limit = model.config.max_sequence_length
         self.max_length = min(int(max_length or limit), limit)
@@ -320,6 +321,7 @@ def evaluate(
     num_fewshot: int | None = None,
     unidirectional: bool = False,
     builtin_tasks: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Run the harness's ``simple_evaluate`` on a blankfill model; returns its results dict.
 
@@ -334,7 +336,9 @@ def evaluate(
     lm = (
         model
         if isinstance(model, BlankfillLM)
-        else BlankfillLM(str(model), batch_size=batch_size, unidirectional=unidirectional)
+        else BlankfillLM(
+            str(model), batch_size=batch_size, unidirectional=unidirectional, device=device
+        )
     )
     manager = TaskManager(
         include_path=str(include_path) if include_path else None, include_defaults=builtin_tasks

@@ -21,18 +21,23 @@ maps [gMASK] to n + 9: hub folders of both models therefore load with ``fix_comm
 
 Text is split on the command-token texts first (the blanks absorb the whitespace on their left,
 official ``lstrip``), and each piece in between is encoded by SentencePiece itself, exactly as
-the official tokenizer does. ``sentencepiece`` is imported when a model is loaded.
+the official tokenizer does. ``sentencepiece`` is imported when a model is loaded. ``Tokenizer.save``
+keeps the two files of every tokenizer folder: ``tokenizer.json`` then holds the SentencePiece
+model itself (base64), so copying a folder's tokenizer files copies it whole.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .special_tokens import ROLE_TEXT, SpecialTokens
 
 #: Offsets of the command tokens after the pieces (spec §2), per fix_command_token.
 COMMAND_OFFSETS: dict[bool, dict[str, int]] = {
@@ -40,12 +45,46 @@ COMMAND_OFFSETS: dict[bool, dict[str, int]] = {
     False: dict(pad=0, eos=0, sep=1, cls=2, mask=3, unk=4, sop=6, eop=7, smask=8, gmask=7),
 }
 LSTRIP = frozenset({"[MASK]", "[sMASK]", "[gMASK]"})
-MODEL_FILE = "sentencepiece.model"  # the name ``Tokenizer.save`` gives the model
+#: First key of a saved SentencePiece ``tokenizer.json`` (the model inside, base64).
+MARKER = "blankfill_sentencepiece"
 
 
 def command_ids(num_pieces: int, fix_command_token: bool) -> dict[str, int]:
     """Role -> id of GLM's command tokens after ``num_pieces`` SentencePiece pieces."""
     return {role: num_pieces + k for role, k in COMMAND_OFFSETS[fix_command_token].items()}
+
+
+def from_sentencepiece(
+    cls: Any, model_file: str | os.PathLike, *, fix_command_token: bool = True
+) -> Any:
+    """The Chinese GLM tokenizer (``Tokenizer.from_sentencepiece``; needs ``sentencepiece``).
+
+    With cog-pretrain's 50,000 pieces: pad = eos 50000, sep 50001, [CLS] 50002, [MASK] 50003,
+    [UNK] 50004, sop 50006, eop 50007, [sMASK] 50008 and [gMASK] 50009 (glm-large-chinese and
+    both hub folders); ``fix_command_token=False`` gives [gMASK] = eop = 50007, as glm-10b-chinese
+    was trained (see the module docstring).
+    """
+    path = Path(model_file)
+    if not path.is_file():
+        raise ValueError(f"SentencePiece model {path} does not exist; check the path")
+    model = path.read_bytes()
+    ids = command_ids(_processor(model, str(path)).get_piece_size(), fix_command_token)
+    backend = SentencePieceBackend(model, {ROLE_TEXT[r]: i for r, i in ids.items()}, str(path))
+    return cls(backend, SpecialTokens(**ids), kind="sentencepiece")
+
+
+def read_backend(file: Path, otherwise: Callable[[str], Any]) -> Any:
+    """The backend saved in ``tokenizer.json``: ours for SentencePiece, else ``otherwise(file)``."""
+    with open(file, "rb") as f:
+        head = f.read(64)
+    if MARKER.encode() not in head:
+        return otherwise(str(file))
+    try:
+        saved = json.loads(Path(file).read_text(encoding="utf-8"))
+        model, commands = base64.b64decode(saved["model"], validate=True), saved["commands"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{file}: a corrupt SentencePiece tokenizer ({e}); re-save it") from e
+    return SentencePieceBackend(model, commands, str(file))
 
 
 def _processor(model: bytes, where: str) -> Any:
@@ -92,13 +131,6 @@ class SentencePieceBackend:
             self.text_of.setdefault(i, text)  # the first text listed for an id wins in decoding
         texts = sorted(self.commands, key=len, reverse=True)
         self._split = re.compile("|".join(map(re.escape, texts)))
-
-    @classmethod
-    def from_file(cls, path: str | Path, commands: Mapping[str, int]) -> SentencePieceBackend:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"SentencePiece model {path} does not exist; check the path")
-        return cls(path.read_bytes(), commands, where=str(path))
 
     # ---- the tokenizers.Tokenizer subset -------------------------------------------------------
 
@@ -156,16 +188,15 @@ class SentencePieceBackend:
         return i if self.sp.id_to_piece(i) == token else None
 
     def to_str(self, pretty: bool = False) -> str:
-        """A description (the model's sha256 and the command tokens), for fingerprints."""
-        desc = {
-            "sentencepiece_sha256": hashlib.sha256(self.model).hexdigest(),
+        """What ``Tokenizer.save`` writes as ``tokenizer.json``: the model (base64) and the
+        command tokens (``read_backend`` reads it back)."""
+        saved = {
+            MARKER: 1,
             "pieces": self.num_pieces,
             "commands": self.commands,
+            "model": base64.b64encode(self.model).decode("ascii"),
         }
-        return json.dumps(desc, indent=2 if pretty else None, sort_keys=True)
-
-    def save_model(self, path: str | Path) -> None:
-        Path(path).write_bytes(self.model)
+        return json.dumps(saved, indent=2 if pretty else None, ensure_ascii=False)
 
 
 def find_model_file(folder: str | Path) -> Path | None:

@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+HELP = "run lm-evaluation-harness tasks on a model (GLM scoring: Part B after [gMASK])"
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model folder (save_pretrained)")
@@ -24,10 +26,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--unidirectional", action="store_true", help="score continuations left to right"
     )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto (default: cpu)")
     p.add_argument("--output", help="write the harness's results as JSON to this file")
-
-
-configure_parser = configure  # the pre-``commands/`` CLI calls configure_parser
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             num_fewshot=args.num_fewshot,
             unidirectional=args.unidirectional,
             builtin_tasks=not args.only_included,
+            device=args.device,
         )
     except KeyError as e:  # the harness names an unknown task this way
         raise ValueError(f"unknown task: {e}") from None

@@ -7,10 +7,13 @@ import logging
 
 log = logging.getLogger(__name__)
 
+HELP = "serve blank filling over HTTP (127.0.0.1), with a playground page"
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model folder (save_pretrained)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the one in --model)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto (default: cpu)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument(
@@ -26,9 +29,6 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="the most tokens a request may ask per blank",
     )
     p.add_argument("--max-body-kb", type=int, default=64, help="largest request body, in KiB")
-
-
-configure_parser = configure  # the pre-``commands/`` CLI calls configure_parser
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,11 +50,14 @@ def run(args: argparse.Namespace) -> int:
             f"blankfill serve needs the serve extra ({e.name} is missing): "
             "pip install 'blankfill[serve]'"
         ) from None
+    from ..device import resolve_device
     from ..filling import BlankFiller
+    from ..folder import load_model_and_tokenizer
     from ..serve import FillService, Limits, create_app
     from ..serve.server import run_server
 
-    filler = BlankFiller.from_pretrained(args.model, args.tokenizer)
+    device = resolve_device(args.device, key="--device")
+    filler = BlankFiller(*load_model_and_tokenizer(args.model, args.tokenizer, device=device))
     limits = Limits(max_new_tokens=args.max_new_tokens)
     service = FillService(filler, max_batch=args.max_batch, wait_ms=args.wait_ms, limits=limits)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
