@@ -245,3 +245,16 @@ def test_cli_serves_a_model_folder(filler, tmp_path):
         proc.terminate()
         proc.wait(30)
     assert f"127.0.0.1:{port}" in proc.stderr.read()
+
+
+def test_streamed_text_holds_back_half_characters_and_adds_up(filler):
+    from blankfill.serve.app import _Increments
+
+    tok = filler.tokenizer
+    ids = tok.encode("é日")  # byte-level: 2 + 3 byte tokens, none merged in this vocabulary
+    assert len(ids) == 5
+    inc = _Increments(tok)
+    assert [inc.add(0, [i]) for i in ids[:4]] == ["", "é", "", ""]  # a character with its last byte
+    whole = tok.decode(ids[:4], skip_special_tokens=True)  # "é" and half of "日"
+    assert inc.rest() == [(0, whole[1:])] and whole[1:].startswith("\ufffd")
+    assert inc.rest() == []  # nothing left once flushed

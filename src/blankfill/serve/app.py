@@ -4,8 +4,10 @@ Routes:
     POST /v1/fill   ``{"text": "... [MASK] ...", "decoding": {...}, "stream": false}`` -> the filled
                     text and each fill (text, token ids, log-probs). With ``"stream": true`` the
                     answer is server-sent events: ``start`` (the text around the blanks), one
-                    ``token`` per decoded token (``blank``, ``ids``, ``text``: the new characters),
-                    then ``done`` (the same body as without streaming) or ``error``.
+                    ``token`` per decoded token (``blank``, ``ids``, ``text``: the new characters;
+                    a character split over tokens comes with its last one, and whatever is held
+                    back at the end in a last ``token`` with no ids), then ``done`` (the same body
+                    as without streaming) or ``error``.
     GET  /healthz   ``{"status": "ok", ...}`` (503 once the worker has stopped); answers while
                     the model is busy.
     GET  /          the playground: one self-contained HTML page (no external resources).
@@ -68,14 +70,19 @@ class _Increments:
         self.ids: dict[int, list[int]] = {}
         self.shown: dict[int, str] = {}
 
-    def add(self, blank: int, ids: list[int]) -> str:
+    def add(self, blank: int, ids: list[int], final: bool = False) -> str:
+        """The new characters of ``blank`` (``final``: also a trailing incomplete character)."""
         self.ids.setdefault(blank, []).extend(ids)
         text = self.tok.decode(self.ids[blank], skip_special_tokens=True)
         old = self.shown.get(blank, "")
-        if text.endswith("\ufffd") or not text.startswith(old):
+        if (text.endswith("\ufffd") and not final) or not text.startswith(old):
             return ""
         self.shown[blank] = text
         return text[len(old) :]
+
+    def rest(self) -> list[tuple[int, str]]:
+        """(blank, characters held back) once decoding is over."""
+        return [(b, t) for b in sorted(self.ids) if (t := self.add(b, [], final=True))]
 
 
 def create_app(service: FillService, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
@@ -161,6 +168,8 @@ async def _events(service: FillService, checked: Checked, tokenizer: Any):
     while (item := await events.get()) is not None:
         blank, ids = item
         yield _sse("token", {"blank": blank, "ids": ids, "text": text.add(blank, ids)})
+    for blank, rest in text.rest():  # so the token texts always add up to each fill's text
+        yield _sse("token", {"blank": blank, "ids": [], "text": rest})
     try:
         yield _sse("done", result_json(future.result()))
     except Exception as e:
