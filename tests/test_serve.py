@@ -121,24 +121,48 @@ def test_playground_page_is_self_contained(server):
     assert "http://" not in page and "https://" not in page and "<script src" not in page
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_fill(server, filler):
-    texts = [f"{t} [MASK]" for t in TEXTS] * 4
-    before = server.service.stats.batches
+class _HeldFiller:
+    """The filler, whose first ``fill`` waits until ``ready()`` (or 30 s): requests pile up."""
+
+    def __init__(self, filler, ready):
+        self.model, self.tokenizer, self.real, self.ready = (
+            filler.model,
+            filler.tokenizer,
+            filler,
+            ready,
+        )
+        self.calls: list[int] = []
+
+    def fill(self, texts, *a, **kw):
+        deadline = time.monotonic() + 30
+        while not self.calls and not self.ready() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.calls.append(len(texts))
+        return self.real.fill(texts, *a, **kw)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_fill(filler):
+    texts = [f"{t} [MASK]" for t in TEXTS] * 4  # 12 requests, 3 distinct prompt lengths
+    svc = FillService(filler, max_batch=8, wait_ms=5)
+    held = _HeldFiller(filler, lambda: svc.stats.requests + svc.pending >= len(texts))
+    svc.filler = held
     out: dict[int, dict] = {}
+    with svc, BackgroundServer(create_app(svc)) as s:
 
-    def one(i: int) -> None:
-        out[i] = _post(server, {"text": texts[i], "decoding": {"max_new_tokens": 4}}).json()
+        def one(i: int) -> None:
+            out[i] = _post(s, {"text": texts[i], "decoding": {"max_new_tokens": 4}}).json()
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, text in enumerate(texts):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i, text in enumerate(texts):  # padded batches give each row its own fill
         assert out[i]["text"] == filler.fill(text, max_new_tokens=4).text
-    batches = server.service.stats.batches - before
-    assert batches < len(texts), "concurrent requests were not batched"
-    assert server.service.stats.largest_batch > 1
+    # while the first batch ran, the others queued; then they went in full batches of 8
+    rest = len(texts) - held.calls[0]
+    assert held.calls[1:] == [8] * (rest // 8) + ([rest % 8] if rest % 8 else []), held.calls
+    assert svc.stats.requests == len(texts) and svc.stats.largest_batch > 1
 
 
 def test_a_long_generation_does_not_block_healthz(filler):
