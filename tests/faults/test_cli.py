@@ -138,6 +138,9 @@ def test_option_audit(store, model_dir, tmp_path, run_cli):
         (("inspect", store, "--tokenizer", store / "tokenizer"), "--tokenizer applies with --text"),
         (("fill", *m, "--file", tmp_path / "p.txt", "x [MASK]"), "not both"),
         (("demo", "--minutes", "0"), "must be >= 0.01"),
+        (("lm-eval", *m, "--tasks", "x", "--limit", "0"), "--limit must be > 0"),
+        (("lm-eval", *m, "--tasks", "x", "--num-fewshot", "-1"), "--num-fewshot must be >= 0"),
+        (("serve", *m, "--max-batch", "0"), "--max-batch must be"),
     ]  # fmt: skip
     for argv, want in cases:
         rc, _, err = run_cli(*argv)
