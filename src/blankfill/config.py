@@ -508,10 +508,12 @@ class TrainConfig:
     max_steps: int = 1000  # optimizer steps
     max_minutes: float = 0.0  # wall-clock budget: save and stop when exceeded; 0 = none
     grad_accum: int = 1  # micro-batches per optimizer step on each rank
-    precision: Literal["auto", "fp32", "bf16"] = (
-        "auto"  # auto: bf16 on GPUs that have it, else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = (
+        "auto"  # auto: hardware.choose_precision (bf16 where native), fp16: with loss scaling
     )
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile every Transformer block
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    init_from: str = ""  # model folder to start from (continued pretraining); "" = fresh init
     device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
     seed: int = 1234  # model initialisation and dropout
     save_every: int = 1000  # checkpoint interval in steps (and always at the end); 0 = end only

@@ -35,7 +35,8 @@ SCRIPT = textwrap.dedent(
         cfg = from_dict(RunConfig, {
             "model": to_dict(tiny_config()), "data": {"seq_len": 64},
             "optim": {"lr": 3e-3, "warmup": 0.2},
-            "train": {"out_dir": f"{out}/{strategy}", "max_steps": 4, "save_every": 0},
+            "train": {"out_dir": f"{out}/{strategy}", "max_steps": 4, "save_every": 0,
+                      "precision": "fp32"},
             "dist": {"strategy": strategy, "backend": "gloo"},
             "log": {"progress": False, "tensorboard": False},
         })
@@ -56,7 +57,13 @@ def single_process(out: Path) -> None:
             "model": to_dict(tiny_config()),
             "data": {"seq_len": 64},
             "optim": {"lr": 3e-3, "warmup": 0.2},
-            "train": {"out_dir": str(out), "max_steps": 4, "save_every": 0, "grad_accum": 2},
+            "train": {
+                "out_dir": str(out),
+                "max_steps": 4,
+                "save_every": 0,
+                "grad_accum": 2,
+                "precision": "fp32",
+            },
             "log": {"progress": False, "tensorboard": False},
         },
     )
