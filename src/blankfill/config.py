@@ -606,7 +606,13 @@ class FinetuneConfig:
     label_smoothing: float = 0.1  # seq2seq: weight of the uniform term in the target loss
     eval_batch_size: int = 32  # examples per evaluation forward
     seed: int = 1234  # shuffling and head init depend on (seed, epoch) only
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1" ...
+    device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available), "cpu", "cuda", "cuda:1" ...
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # as train.precision
+    grad_accum: int = 1  # micro-batches per optimizer step (each rank's share of batch_size)
+    compile: bool = False  # torch.compile every Transformer block
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank (peft) instead of all weights
+    lora_merge: bool = True  # merge the adapters into the saved model (else save them apart)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_seq_len"):
@@ -619,6 +625,10 @@ class FinetuneConfig:
             raise ValueError("finetune.label_smoothing must be in [0, 1)")
         if self.eval_batch_size < 1:
             raise ValueError("finetune.eval_batch_size must be >= 1")
+        if self.grad_accum < 1:
+            raise ValueError("finetune.grad_accum must be >= 1")
+        if self.lora_rank < 0:
+            raise ValueError("finetune.lora_rank must be >= 0 (0 = full fine-tuning)")
 
 
 def _finetune_optim() -> OptimConfig:
@@ -634,6 +644,7 @@ class FinetuneRunConfig:
 
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     optim: OptimConfig = field(default_factory=_finetune_optim)
+    dist: DistConfig = field(default_factory=DistConfig)  # under torchrun: ddp or fsdp
 
 
 def load_finetune_config(

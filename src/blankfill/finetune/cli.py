@@ -45,15 +45,24 @@ def configure_finetune(p: argparse.ArgumentParser) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
-    from .loop import resolve_device
+    from ..train.distributed import env_dist_info, init_distributed, resolve_device, teardown
 
     cfg = load_finetune_config(args.config, getattr(args, "dotted_overrides", []))
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
-    device = resolve_device(cfg.finetune.device)
+    device = resolve_device(cfg.finetune.device, env_dist_info())
+    info = init_distributed(cfg.dist, device)
+    try:
+        return _finetune(args, cfg, device, info)
+    finally:
+        teardown(info)
+
+
+def _finetune(args, cfg, device, info) -> int:
+    from tqdm import tqdm
+
     model, tokenizer, _ = load_model_and_tokenizer(args.model, str(device))
     out = Path(args.out or f"runs/finetune-{Path(args.task).stem}")
     if args.task == "seq2seq":
@@ -61,9 +70,9 @@ def run_finetune(args: argparse.Namespace) -> int:
 
         train, valid = read_pairs(args.train), read_pairs(args.valid)
         train = train[: args.limit] if args.limit else train
-        bar = tqdm(desc="finetune seq2seq", unit="step")
+        bar = tqdm(desc="finetune seq2seq", unit="step", disable=not info.is_main)
         result = finetune_seq2seq(model, tokenizer, train, valid, cfg, out_dir=out,
-                                  on_step=lambda s: _tick(bar, s))  # fmt: skip
+                                  on_step=lambda s: _tick(bar, s), info=info)  # fmt: skip
     else:
         from .runner import finetune_cloze
         from .tasks import get_task
@@ -71,9 +80,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         task = get_task(args.task)
         train, valid = task.load(args.train), task.load(args.valid)
         train = train[: args.limit] if args.limit else train
-        bar = tqdm(desc=f"finetune {task.name}", unit="step")
+        bar = tqdm(desc=f"finetune {task.name}", unit="step", disable=not info.is_main)
         result = finetune_cloze(model, tokenizer, task, train, valid, cfg, out_dir=out,
-                                on_step=lambda s: _tick(bar, s))  # fmt: skip
+                                on_step=lambda s: _tick(bar, s), info=info)  # fmt: skip
         if not task.multi_token:
             from ..eval import majority_baseline
 
@@ -81,13 +90,15 @@ def run_finetune(args: argparse.Namespace) -> int:
     bar.close()
     keys = ("best", "best_epoch", "majority_baseline")
     summary = {k: result[k] for k in keys if k in result}
-    print(json.dumps({**summary, "checkpoint": str(out / "best")}, indent=2))
+    if info.is_main:
+        print(json.dumps({**summary, "checkpoint": str(out / "best")}, indent=2))
     return 0
 
 
 def _tick(bar, s: dict) -> None:
+    bar.total = s.get("total", bar.total)
     bar.update(1)
-    bar.set_postfix(epoch=s["epoch"] + 1, loss=f"{s['loss']:.4f}", lr=f"{s['lr']:.2e}")
+    bar.set_postfix(epoch=s["epoch"] + 1, lr=f"{s['lr']:.2e}")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -244,27 +244,40 @@ def score_all(
     length_penalty: float = 0.0,
     head: ClassifierHead | None = None,
     progress: Callable[[int], None] | None = None,
+    run: Callable | None = None,
+    device: torch.device | str | None = None,
 ) -> list[list[float]]:
-    """Scores of every record's candidates, in order (model in eval mode during the call)."""
-    was_training = model.training
-    model.eval()
-    if head is not None:
-        head.eval()
-    device = next(model.parameters()).device
-    out: list[list[float]] = []
+    """Scores of every record's candidates, in order (model in eval mode during the call).
+
+    ``run(fn, batch)`` computes ``fn(glm, head, batch)`` (the training engine's wrapped module,
+    ``EvalContext.run``); by default ``model`` and ``head`` are called directly."""
+    if run is None:
+        was_training = model.training
+        model.eval()
+        if head is not None:
+            head.eval()
+        try:
+            return score_all(model, inputs, sop=sop, pad=pad, single_token=single_token,
+                             batch_size=batch_size, length_penalty=length_penalty,
+                             progress=progress, device=next(model.parameters()).device,
+                             run=lambda fn, b: fn(model, head, b))  # fmt: skip
+        finally:
+            model.train(was_training)
+            if head is not None:
+                head.train(was_training)
+
+    def scores_of(glm, head_, batch) -> torch.Tensor:
+        return score(glm, batch, single_token=single_token, length_penalty=length_penalty,
+                     head=head_)  # fmt: skip
+
     order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i].part_a))  # less padding
     by_index: dict[int, list[float]] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = to_device(collate([inputs[i] for i in idx], sop, pad, single_token), device)
-        s = score(model, batch, single_token=single_token, length_penalty=length_penalty,
-                  head=head)  # fmt: skip
+        s = run(scores_of, batch).float().cpu()
         for row, i in enumerate(idx):
             by_index[i] = s[row, : len(inputs[i].answers)].tolist()
         if progress is not None:
             progress(len(idx))
-    out = [by_index[i] for i in range(len(inputs))]
-    model.train(was_training)
-    if head is not None:
-        head.train(was_training)
-    return out
+    return [by_index[i] for i in range(len(inputs))]
