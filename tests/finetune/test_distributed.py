@@ -24,7 +24,9 @@ def synthetic(n: int, seed: int) -> list[dict]:
     """The colour task's rows of test_finetune.py (a tests folder is not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("ft", Path(__file__).with_name("test_finetune.py"))
+    spec = importlib.util.spec_from_file_location(
+        "ft", Path(__file__).with_name("test_finetune.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.synthetic(n, seed)

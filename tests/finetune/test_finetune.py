@@ -40,7 +40,9 @@ def test_finetuning_a_tiny_model_reaches_90_percent(tmp_path):
     tok = train_tokenizer([r["text"] for r in train] + [" Colour: Red. Colour: Green."] * 9, 384)
     torch.manual_seed(0)
     model = GLM(tiny_config())
-    cfg = load_finetune_config(None, ["optim.lr=3e-3", "finetune.device=cpu", "finetune.precision=fp32"])
+    cfg = load_finetune_config(
+        None, ["optim.lr=3e-3", "finetune.device=cpu", "finetune.precision=fp32"]
+    )
     before = evaluate_cloze(model, tok, SENTIMENT, valid)
     result = finetune_cloze(model, tok, SENTIMENT, train, valid, cfg, out_dir=tmp_path / "run")
     assert result["best"]["accuracy"] > 0.9, (before, result["history"])
