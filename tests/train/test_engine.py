@@ -140,3 +140,42 @@ def test_resume_finished_run_and_extended_run_keeps_the_schedule(tmp_path):
     train(explicit, GLM(explicit.model), SyntheticBatches(4), resume="auto")
     lrs = [r["lr"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")]
     assert lrs[6] > floor * 1.5  # optim.decay_steps asked for a new schedule
+
+
+@pytest.mark.parametrize("layout", ["ours", "hub"])
+def test_init_from_continues_from_the_source_weights(tmp_path, layout):
+    from blankfill.pretrained import convert_folder, load_pretrained
+
+    src_cfg = run_config(tmp_path / "src", max_steps=40)
+    torch.manual_seed(0)
+    src = train(src_cfg, GLM(src_cfg.model), SyntheticBatches(8, repeat=True)).checkpoint
+    folder = src if layout == "ours" else convert_folder(src, tmp_path / "hub", to_format="hub")
+    batch = SyntheticBatches(4).batch(0)
+    with torch.no_grad():
+        ce, stats = loss_sums(TargetLogits(load_pretrained(src))(batch), batch)
+    source_loss = float(ce / stats[1])
+    losses = {}
+    for name, init in (("continued", str(folder)), ("fresh", "")):
+        cfg = run_config(tmp_path / name, max_steps=1, init_from=init)
+        torch.manual_seed(1)
+        train(cfg, GLM(cfg.model), SyntheticBatches(4))
+        losses[name] = read_metrics(tmp_path / name / "metrics.jsonl")[0]["loss"]
+    assert losses["continued"] == pytest.approx(source_loss, rel=1e-5)
+    assert losses["continued"] < 0.5 * losses["fresh"], (losses, source_loss)
+
+
+def test_init_from_checks_the_tokenizer_and_the_model_shape(tmp_path):
+    from blankfill.pretrained import save_pretrained
+    from blankfill.tokenizer import train_tokenizer
+
+    ours = train_tokenizer(["red green blue"] * 20, 300)
+    theirs = train_tokenizer(["one two three four"] * 20, 300)
+    save_pretrained(GLM(tiny_config()), tmp_path / "src", theirs)
+    cfg = run_config(tmp_path / "run", max_steps=1, init_from=str(tmp_path / "src"))
+    with pytest.raises(ValueError, match="another tokenizer than this run's"):
+        train(cfg, GLM(cfg.model), SyntheticBatches(4), tokenizer=ours)
+    data = to_dict(cfg)
+    data["model"]["hidden_size"] = 32
+    other = from_dict(RunConfig, data)
+    with pytest.raises(ValueError, match="hidden_size=64 .run: 32."):
+        train(other, GLM(other.model), SyntheticBatches(4))
