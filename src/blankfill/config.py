@@ -545,6 +545,10 @@ class DistConfig:
 
     strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: replicate; fsdp: FSDP2 fully_shard per block
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+    # checkpoints: sharded = torch.distributed.checkpoint, each rank writes its shards (resumes
+    # on any world size); full = one model.safetensors gathered on rank 0; auto: sharded under
+    # FSDP with several processes, else full
+    checkpoint: Literal["auto", "sharded", "full"] = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)

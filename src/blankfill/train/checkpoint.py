@@ -75,6 +75,7 @@ def save_checkpoint(
     meta: dict[str, Any],
     tokenizer: Any = None,
     keep_last: int = 3,
+    write_shards: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write one checkpoint atomically; collective (every rank calls it).
 
@@ -89,6 +90,8 @@ def save_checkpoint(
         meta: extra trainer.json fields (tokens seen, ...).
         tokenizer: saved with ``tokenizer.save(folder)`` when given.
         keep_last: checkpoints kept after this one is written.
+        write_shards: called on every rank with the temporary folder (sharded FSDP states via
+            ``train/dcp.py``); then ``model_state``/``optimizer_state`` may be None.
 
     Returns:
         The checkpoint folder.
@@ -101,19 +104,25 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier(info)
     torch.save(rank_state, tmp / rank_file(info.rank))
+    if write_shards is not None:
+        write_shards(tmp)
     barrier(info)
     if info.is_main:
-        assert model_state is not None and optimizer_state is not None, "rank 0 writes the model"
-        save_file(
-            {k: v.contiguous() for k, v in model_state.items()},
-            str(tmp / WEIGHTS_NAME),
-            metadata={"format": "pt"},
-        )
-        torch.save(optimizer_state, tmp / OPTIMIZER_NAME)
+        assert write_shards or model_state is not None, "rank 0 writes the model"
+        if model_state is not None:
+            save_file(
+                {k: v.contiguous() for k, v in model_state.items()},
+                str(tmp / WEIGHTS_NAME),
+                metadata={"format": "pt"},
+            )
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / OPTIMIZER_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps({"format": "blankfill", **config}, indent=2))
         if tokenizer is not None:
             tokenizer.save(tmp)
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {
+            str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
         trainer = {
             "format_version": FORMAT_VERSION,
             "step": step,
@@ -262,6 +271,10 @@ def load_checkpoint(ckpt: str | Path, info: DistInfo) -> dict[str, Any]:
     """Read and verify a checkpoint: ``{"meta", "model", "optimizer", "rank"}`` for this rank."""
     ckpt = Path(ckpt)
     meta = read_trainer_json(ckpt)
+    if meta.get("format") == "dcp":  # sharded: any world size; the loop loads it after wrapping
+        from .dcp import load_rank_state
+
+        return {"meta": meta, "dcp": ckpt, "rank": load_rank_state(ckpt, info)}
     if meta.get("world_size", 1) != info.world_size:
         raise CheckpointError(
             f"{ckpt} was written by {meta.get('world_size')} process(es), this run has "

@@ -34,12 +34,13 @@ from ..data.batch import Batch
 from ..model import GLM
 from ..pretrained import load_weights
 from . import checkpoint as ckpt_io
+from . import dcp as dcp_io
 from .distributed import DistInfo, all_reduce_sum
 from .engine import Engine
 from .metrics import MetricSink, NullSink, default_sinks, peak_flops, train_flops
 from .objective import N_OBJ, TargetLogits, evaluate, loss_sums, summarize, target_index
 from .optim import lr_at
-from .report import Pending, log_line, strip_prefix, take
+from .report import Pending, log_line, take
 from .resume import StopFlag, find_resume, init_from, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,9 @@ def setup(
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     found = find_resume(run_dir, resume, info)  # weights go in before wrapping, the rest after
     loaded = found[1] if found else None
-    if loaded is not None:
+    if loaded is not None and "model" in loaded:  # a sharded (DCP) one loads after wrapping
         load_weights(model, loaded["model"], source=str(found[0] / "model.safetensors"))
+    if loaded is not None:
         if "loader" in loaded["rank"] and hasattr(data, "load_state_dict"):
             data.load_state_dict(loaded["rank"]["loader"])  # type: ignore[attr-defined]
         log.info("resumed from %s (step %d)", found[0], loaded["meta"]["step"])
@@ -137,8 +139,11 @@ def setup(
               bar=None, schedule_steps=cfg.optim.decay_steps or tc.max_steps)  # fmt: skip
     if loaded is not None:
         meta = loaded["meta"]
-        ckpt_io.load_optimizer_state(engine.module, engine.optimizer, loaded["optimizer"],
-                                     engine.sharded)  # fmt: skip
+        if "dcp" in loaded:
+            dcp_io.load_sharded(loaded["dcp"], engine.module, engine.optimizer)
+        else:
+            ckpt_io.load_optimizer_state(engine.module, engine.optimizer, loaded["optimizer"],
+                                         engine.sharded)  # fmt: skip
         set_rng_state(loaded["rank"]["rng"], device)
         run.step, run.tokens_seen = meta["step"], meta.get("tokens_seen", 0)
         run.resumed_from = run.last_good = found[0]
@@ -245,16 +250,14 @@ def save(run: Run) -> Path | None:
     rank_state: dict[str, Any] = {"rng": rng_state(run.device)}
     if hasattr(run.data, "state_dict"):
         rank_state["loader"] = run.data.state_dict()  # type: ignore[attr-defined]
-    engine, tc = run.engine, run.cfg.train
-    path = ckpt_io.save_checkpoint(
-        tc.out_dir, run.step, info=run.info,
-        model_state=strip_prefix(ckpt_io.full_model_state(engine.module, engine.sharded)),
-        optimizer_state=ckpt_io.full_optimizer_state(engine.module, engine.optimizer,
-                                                     engine.sharded),
-        rank_state=rank_state, config=to_dict(run.cfg),
-        meta={"tokens_seen": run.tokens_seen, "schedule_steps": run.schedule_steps},
-        tokenizer=run.tokenizer, keep_last=tc.keep_last,
-    )  # fmt: skip
+    engine, tc, dc = run.engine, run.cfg.train, run.cfg.dist
+    meta = {"tokens_seen": run.tokens_seen, "schedule_steps": run.schedule_steps}
+    sharded = dcp_io.use_sharded(dc.checkpoint, dc.strategy, run.info)
+    states = dcp_io.save_states(engine.module, engine.optimizer, engine.sharded, sharded)
+    meta.update({"format": dcp_io.FORMAT} if sharded else {})
+    path = ckpt_io.save_checkpoint(tc.out_dir, run.step, info=run.info, rank_state=rank_state,
+                                   config=to_dict(run.cfg), meta=meta, tokenizer=run.tokenizer,
+                                   keep_last=tc.keep_last, **states)  # fmt: skip
     run.last_ckpt = run.last_good = path
     return path
 
