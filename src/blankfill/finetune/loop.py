@@ -105,11 +105,23 @@ def selection_score(metrics: dict[str, float]) -> float:
 
 
 def save_finetuned(
-    state: dict[str, torch.Tensor], cfg: Any, out: Path, tokenizer, info: dict
+    state: dict[str, torch.Tensor],
+    cfg: Any,
+    out: Path,
+    tokenizer,
+    info: dict,
+    lora: int = 0,
+    merge: bool = True,
 ) -> None:
     """Write a loadable model folder (+ ``head.*`` weights, + finetune.json) atomically.
 
-    ``state`` holds the GLM's weights as ``glm.*`` and a head's as ``head.*`` (CPU tensors)."""
+    ``state`` holds the GLM's weights as ``glm.*`` and a head's as ``head.*`` (CPU tensors);
+    ``lora``: the adapters' rank, merged into the weights or (``merge=False``) saved apart."""
+    adapters: dict[str, torch.Tensor] = {}
+    if lora:
+        from .lora import split_state
+
+        state, adapters = split_state(state, lora, merge)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -120,6 +132,10 @@ def save_finetuned(
         tokenizer.save(tmp)
     if head:
         save_file(head, str(tmp / HEAD_NAME))
+    if adapters:
+        from .lora import save_adapter
+
+        save_adapter(tmp, {k[4:]: v for k, v in adapters.items()}, lora)
     atomic_write_text(tmp / INFO_NAME, json.dumps(info, indent=2) + "\n")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -183,6 +199,11 @@ def train(
     if not train_items:
         raise ValueError("the training set is empty")
     info = info or DistInfo()
+    ft = cfg.finetune
+    if ft.lora_rank:
+        from .lora import add_lora
+
+        add_lora(model, ft.lora_rank)
     engine = build_engine(model, recipe, cfg, info, device or next(model.parameters()).device)
     steps_per_epoch = math.ceil(len(train_items) / batch_size)
     total = epochs * steps_per_epoch
@@ -232,7 +253,8 @@ def train(
             info_json = {"task": recipe.name, **recipe.info, "epoch": epoch + 1, "metrics": metrics}
             state = full_model_state(engine.module, engine.sharded)  # collective under FSDP
             if out is not None:
-                save_finetuned(state, model.config, out / "best", tokenizer, info_json)
+                save_finetuned(state, model.config, out / "best", tokenizer, info_json,
+                               lora=ft.lora_rank, merge=ft.lora_merge)  # fmt: skip
             barrier(info)
     return {"best": best, "best_epoch": best_epoch, "history": history}
 
