@@ -32,7 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import convert
-from .config import ConfigError, ModelConfig, read_model_config, to_dict
+from .config import ConfigError, ModelConfig, to_dict
+from .hub import hub_config, read_model_config
 from .model import GLM
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,11 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     files = mp_shard_files(path)
     if files:
         return _load_mp(files), f"{files[0].parent} (MP={len(files)})"
+    if (path / "dcp").is_dir():  # a sharded FSDP training checkpoint (train/dcp.py)
+        raise ConfigError(
+            f"{path} is a sharded (FSDP) checkpoint; write a model folder from it with: "
+            f"blankfill convert --from {path} --to DIR"
+        )
     raise ConfigError(
         f"no weights in {path}: expected {WEIGHTS_NAME}, {HUB_BIN_NAME}, a shard index "
         "(*.index.json) or mp_rank_00_model_states.pt"
@@ -303,7 +309,7 @@ def save_state(
     if to_format == "blankfill":
         config, weights = {"format": "blankfill", **to_dict(cfg)}, "safetensors"
     else:
-        config, state = convert.hub_config(cfg, _dtype(state)), convert.to_theirs(state)
+        config, state = hub_config(cfg, _dtype(state)), convert.to_theirs(state)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     name = WEIGHTS_NAME if weights == "safetensors" else HUB_BIN_NAME
     tmp = path / f".{name}.tmp"

@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from blankfill.config import load_finetune_config
+from blankfill.config import FinetuneRunConfig, load_config
 from blankfill.finetune.runner import evaluate_cloze, finetune_cloze
 from blankfill.finetune.tasks import ClozeTask
 from blankfill.model import GLM
@@ -40,8 +40,8 @@ def test_finetuning_a_tiny_model_reaches_90_percent(tmp_path):
     tok = train_tokenizer([r["text"] for r in train] + [" Colour: Red. Colour: Green."] * 9, 384)
     torch.manual_seed(0)
     model = GLM(tiny_config())
-    cfg = load_finetune_config(
-        None, ["optim.lr=3e-3", "finetune.device=cpu", "finetune.precision=fp32"]
+    cfg = load_config(
+        FinetuneRunConfig, None, ["optim.lr=3e-3", "finetune.device=cpu", "finetune.precision=fp32"]
     )
     before = evaluate_cloze(model, tok, SENTIMENT, valid)
     result = finetune_cloze(model, tok, SENTIMENT, train, valid, cfg, out_dir=tmp_path / "run")
@@ -62,7 +62,8 @@ def test_classifier_head_ablation_trains(tmp_path):
     tok = train_tokenizer([r["text"] for r in train] + [" Colour: Red. Colour: Green."] * 9, 384)
     torch.manual_seed(0)
     model = GLM(tiny_config())
-    cfg = load_finetune_config(
+    cfg = load_config(
+        FinetuneRunConfig,
         None,
         [
             "optim.lr=5e-3",
@@ -88,7 +89,7 @@ def test_lora_trains_adapters_only_merged_or_apart(tmp_path):
         torch.manual_seed(0)
         model = GLM(tiny_config())
         base = {k: v.clone() for k, v in model.state_dict().items()}
-        cfg = load_finetune_config(None, ["optim.lr=1e-2", "finetune.precision=fp32",
+        cfg = load_config(FinetuneRunConfig, None, ["optim.lr=1e-2", "finetune.precision=fp32",
                                           "finetune.lora_rank=4", f"finetune.lora_merge={merge}",
                                           "finetune.epochs=3"])  # fmt: skip
         out = tmp_path / str(merge)

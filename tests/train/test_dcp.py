@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from blankfill import cli
 from blankfill.config import RunConfig, from_dict, to_dict
 from blankfill.model import GLM
 from blankfill.pretrained import load_pretrained
 from blankfill.testing import SyntheticBatches, tiny_config
 from blankfill.train import checkpoint as ck
-from blankfill.train.dcp import is_sharded, sharded_to_folder
+from blankfill.train.dcp import is_sharded
 from blankfill.train.loop import train
 from blankfill.train.metrics import read_metrics
 
@@ -90,7 +91,10 @@ def test_dcp_save_on_2_resume_on_1_and_4_and_back(tmp_path):
     assert is_sharded(step4) and not (step4 / "model.safetensors").exists()
     assert sorted(p.name for p in (step4 / "dcp").iterdir() if p.suffix == ".distcp")
     # its weights are those of the one-process run at step 4
-    folder = sharded_to_folder(step4, tmp_path / "step4-folder")
+    with pytest.raises(ValueError, match="is a sharded .FSDP. checkpoint; write a model folder"):
+        load_pretrained(step4)
+    folder = tmp_path / "step4-folder"
+    assert cli.main(["convert", "--from", str(step4), "--to", str(folder)]) == 0
     ref4 = load_pretrained(ck.checkpoint_path(tmp_path / "ref", 4)).state_dict()
     for k, v in load_pretrained(folder).state_dict().items():
         torch.testing.assert_close(v, ref4[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -271,10 +271,10 @@ def load_checkpoint(ckpt: str | Path, info: DistInfo) -> dict[str, Any]:
     """Read and verify a checkpoint: ``{"meta", "model", "optimizer", "rank"}`` for this rank."""
     ckpt = Path(ckpt)
     meta = read_trainer_json(ckpt)
-    if meta.get("format") == "dcp":  # sharded: any world size; the loop loads it after wrapping
-        from .dcp import load_rank_state
-
-        return {"meta": meta, "dcp": ckpt, "rank": load_rank_state(ckpt, info)}
+    if meta.get("format") == "dcp":  # sharded (train/dcp.py): any world size, loaded after
+        own = ckpt / rank_file(info.rank)  # wrapping; a rank the checkpoint lacks takes rank 0's
+        return {"meta": meta, "dcp": ckpt, "rank": _torch_load(own if own.is_file() else
+                                                               ckpt / rank_file(0))}  # fmt: skip
     if meta.get("world_size", 1) != info.world_size:
         raise CheckpointError(
             f"{ckpt} was written by {meta.get('world_size')} process(es), this run has "

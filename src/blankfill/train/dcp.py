@@ -6,7 +6,7 @@ writes only its own shards of the model and of the AdamW state, keyed by paramet
 ``trainer.json`` with ``"format": "dcp"``, written last, atomically by the same
 ``save_checkpoint``). DCP stores global shapes, so a checkpoint saved by N processes loads on M
 (1, 2, 4 ...): each rank reads the pieces of its own new shards. The data-loader state a rank
-resumes from is its own file, or rank 0's when the world grew (``PretrainLoader`` keeps a global
+resumes from is its own file, or rank 0's when the world grew (``checkpoint.load_checkpoint``) (``PretrainLoader`` keeps a global
 sample count, so the stream continues where it stopped).
 
 A DCP checkpoint is not a model folder; ``blankfill convert --from RUN/checkpoints/step-N --to
@@ -90,21 +90,6 @@ def load_sharded(ckpt: str | Path, module: nn.Module, optimizer: torch.optim.Opt
                    optim_state_dict=state["optim"])  # fmt: skip
 
 
-def load_rank_state(ckpt: str | Path, info: DistInfo) -> dict[str, Any]:
-    """This rank's loader/RNG state, or rank 0's when the checkpoint had fewer ranks."""
-    from .checkpoint import CheckpointError, rank_file
-
-    ckpt = Path(ckpt)
-    path = ckpt / rank_file(info.rank)
-    if not path.is_file():
-        log.info("%s has no state for rank %d: using rank 0's", ckpt.name, info.rank)
-        path = ckpt / rank_file(0)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt pickle / zip: one clear message
-        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
-
-
 def read_sharded_model(ckpt: str | Path) -> tuple[Any, dict[str, torch.Tensor]]:
     """(model config, full state dict with our keys) of a DCP checkpoint, in one process."""
     import torch.distributed.checkpoint as dcp
@@ -144,7 +129,6 @@ def sharded_to_folder(ckpt: str | Path, dst: str | Path) -> Path:
 __all__ = [
     "DCP_DIR",
     "is_sharded",
-    "load_rank_state",
     "load_sharded",
     "read_sharded_model",
     "save_states",
