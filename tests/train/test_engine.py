@@ -179,3 +179,21 @@ def test_init_from_checks_the_tokenizer_and_the_model_shape(tmp_path):
     other = from_dict(RunConfig, data)
     with pytest.raises(ValueError, match="hidden_size=64 .run: 32."):
         train(other, GLM(other.model), SyntheticBatches(4))
+
+
+def test_info_memory_prints_the_estimate(capsys):
+    from blankfill import cli
+    from blankfill.presets import preset
+    from blankfill.train.memory import GiB
+
+    argv = ["info", "glm-10b", "--memory", "--world-size", "8", "--precision", "bf16", "--fsdp",
+            "--activation-checkpointing", "--batch-size", "4", "--seq-len", "512"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    est = estimate_memory(preset("glm-10b"), batch_size=4, seq_len=512, world_size=8,
+                          precision="bf16", fsdp=True, activation_checkpointing=True)  # fmt: skip
+    assert f"{'total':<12} {est.total / GiB:10.2f} GiB" in out and "FSDP over 8" in out
+    plain = estimate_memory(preset("glm-10b"), batch_size=4, seq_len=512, precision="bf16")
+    assert est.total < plain.total / 4  # sharding over 8 and checkpointing
+    assert cli.main(["info", "tiny", "--memory", "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err

@@ -85,6 +85,7 @@ def estimate_memory(
     activation_checkpointing: bool = False,
     target_fraction: float = 0.15,
     dropout: bool | None = None,
+    lora_rank: int = 0,
 ) -> MemoryEstimate:
     """Per-device memory of one training step (AdamW, every parameter trained).
 
@@ -99,6 +100,8 @@ def estimate_memory(
         target_fraction: share of tokens that are targets (GLM pretraining: ~15% + [eop]s;
             a cloze task: one or a few per row).
         dropout: dropout masks counted (default: whether the config has dropout).
+        lora_rank: LoRA adapters of this rank on the block's linear layers are the only trained
+            weights (``finetune.lora_rank``): gradients and AdamW state for them only.
     """
     if precision not in ACT_BYTES_PER_D:
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
@@ -120,10 +123,12 @@ def estimate_memory(
     targets = max(1, int(tokens * target_fraction))
     head = targets * cfg.vocab_size * ((2 if low else 4) + 4 + 4)  # logits, fp32 copy, log-softmax
     embed = tokens * h * (4 * 3)  # embedding sum, final LayerNorm input and output
+    trained = n if not lora_rank else L * 16 * lora_rank * h  # r x (in + out) of 4 linears
+    weights += 4 * (trained if lora_rank else 0) / shard
     return MemoryEstimate(
         weights=weights,
-        gradients=4 * n / shard,
-        optimizer=8 * n / shard,
+        gradients=4 * trained / shard,
+        optimizer=8 * trained / shard,
         activations=layers + head + embed,
         early_gradients=4 * cfg.vocab_size * h / shard,
     )
@@ -149,8 +154,11 @@ def measure_peak(fn: Callable[[], object]) -> int:
 
 
 def format_estimate(est: MemoryEstimate) -> str:
-    """A small table: one line per part, GiB."""
-    return "\n".join(f"{name:<12} {gib:10.2f} GiB" for name, gib in est.rows())
+    """A small table: one line per part, GiB, and how the total is made."""
+    lines = [f"{name:<12} {gib:10.2f} GiB" for name, gib in est.rows()]
+    lines.append("(total = weights + optimizer + the larger of activations + the output layer's "
+                 "gradient and all gradients: backward frees activations as gradients appear)")  # fmt: skip
+    return "\n".join(lines)
 
 
 __all__ = [
