@@ -138,7 +138,7 @@ class Engine:
                 checkpoint_block(block)
             if compile:
                 block.compile()
-        self.sharded = info.distributed and strategy == "fsdp"
+        self.sharded = info.wrapped and strategy == "fsdp"
         self.wrapped = wrap_model(self.module, list(blocks), strategy, info, device)
         self.optimizer = build_optimizer(self.module, optim, fused=True)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
