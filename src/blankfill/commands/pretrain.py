@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             cfg.model.hidden_size,
             device,
             info.world_size,
-            cfg.dist.strategy if info.distributed else "single",
+            cfg.dist.strategy if info.wrapped else "single",
         )
         result = train(
             cfg,
