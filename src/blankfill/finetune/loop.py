@@ -35,7 +35,7 @@ from ..config import FinetuneRunConfig, to_dict
 from ..pretrained import atomic_write_text, save_state
 from ..train.checkpoint import full_model_state
 from ..train.distributed import DistInfo, all_reduce_sum, barrier
-from ..train.engine import Engine, TaskModule
+from ..train.engine import Engine, StepResult, TaskModule
 from ..train.optim import lr_at
 
 log = logging.getLogger(__name__)
@@ -205,42 +205,19 @@ def train(
 
         add_lora(model, ft.lora_rank)
     engine = build_engine(model, recipe, cfg, info, device or next(model.parameters()).device)
-    steps_per_epoch = math.ceil(len(train_items) / batch_size)
-    total = epochs * steps_per_epoch
+    total = epochs * math.ceil(len(train_items) / batch_size)
     out = Path(out_dir) if out_dir is not None and info.is_main else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-
-    def loss(module: nn.Module, micro: tuple[list[Any], float]):
-        items, weight = micro
-        value = module(recipe.loss, items) * weight
-        return value, value.detach().double().view(1)
-
-    def count(micro: tuple[list[Any], float]) -> torch.Tensor:
-        # host-side (from the items, no forward): the divisor is known before backward
-        return torch.tensor(recipe.count(micro[0]) * micro[1], device=engine.device)
-
     history, best, best_epoch, step = [], None, -1, 0
     for epoch in range(epochs):
-        engine.wrapped.train()
-        order = np.random.default_rng([cfg.finetune.seed, epoch]).permutation(len(train_items))
-        results, t0 = [], time.perf_counter()
-        for start in range(0, len(order), batch_size):
-            items = [train_items[i] for i in order[start : start + batch_size]]
-            micro = _micro_batches(items, info, cfg.finetune.grad_accum)
-            lr = lr_at(step, cfg.optim, total)
-            results.append(engine.step(micro, loss, count, lr))
-            step += 1
-            if on_step is not None:
-                on_step({"step": step, "epoch": epoch, "lr": lr, "total": total})
+        t0 = time.perf_counter()
+        results = train_epoch(engine, recipe, train_items, cfg, epoch=epoch, first_step=step,
+                              total=total, batch_size=batch_size, on_step=on_step)  # fmt: skip
+        step += len(results)
         metrics = recipe.evaluate(_eval_context(engine))
-        stats = torch.stack(
-            [torch.stack([r.stats[0] / r.count.clamp(min=1), r.finite.double()]) for r in results]
-        ).cpu()  # fmt: skip  (one read-back per epoch)
-        row = {"epoch": epoch + 1, "step": step, "train_loss": float(stats[:, 0].mean()),
-               "skipped_steps": int((stats[:, 1] == 0).sum()),
-               "seconds": round(time.perf_counter() - t0, 2), **metrics}  # fmt: skip
+        row = _epoch_row(results, epoch, step, t0, metrics)
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps(row))
         improved = best is None or selection_score(metrics) > selection_score(best)
@@ -257,6 +234,52 @@ def train(
                                lora=ft.lora_rank, merge=ft.lora_merge)  # fmt: skip
             barrier(info)
     return {"best": best, "best_epoch": best_epoch, "history": history}
+
+
+def train_epoch(
+    engine: Engine,
+    recipe: Recipe,
+    train_items: Sequence[Any],
+    cfg: FinetuneRunConfig,
+    *,
+    epoch: int,
+    first_step: int,
+    total: int,
+    batch_size: int,
+    on_step: Callable[[dict], None] | None = None,
+) -> list[StepResult]:
+    """One pass in the (seed, epoch) order: ``Engine.step`` per ``batch_size`` examples."""
+
+    def loss(module: nn.Module, micro: tuple[list[Any], float]):
+        items, weight = micro
+        value = module(recipe.loss, items) * weight
+        return value, value.detach().double().view(1)
+
+    def count(micro: tuple[list[Any], float]) -> torch.Tensor:
+        # host-side (from the items, no forward): the divisor is known before backward
+        return torch.tensor(recipe.count(micro[0]) * micro[1], device=engine.device)
+
+    engine.wrapped.train()
+    order = np.random.default_rng([cfg.finetune.seed, epoch]).permutation(len(train_items))
+    results, step = [], first_step
+    for start in range(0, len(order), batch_size):
+        items = [train_items[i] for i in order[start : start + batch_size]]
+        micro = _micro_batches(items, engine.info, cfg.finetune.grad_accum)
+        lr = lr_at(step, cfg.optim, total)
+        results.append(engine.step(micro, loss, count, lr))
+        step += 1
+        if on_step is not None:
+            on_step({"step": step, "epoch": epoch, "lr": lr, "total": total})
+    return results
+
+
+def _epoch_row(results: list[StepResult], epoch: int, step: int, t0: float, metrics: dict) -> dict:
+    stats = torch.stack(
+        [torch.stack([r.stats[0] / r.count.clamp(min=1), r.finite.double()]) for r in results]
+    ).cpu()  # one read-back per epoch
+    return {"epoch": epoch + 1, "step": step, "train_loss": float(stats[:, 0].mean()),
+            "skipped_steps": int((stats[:, 1] == 0).sum()),
+            "seconds": round(time.perf_counter() - t0, 2), **metrics}  # fmt: skip
 
 
 def _eval_context(engine: Engine) -> EvalContext:
