@@ -277,9 +277,10 @@ def _epoch_row(results: list[StepResult], epoch: int, step: int, t0: float, metr
     stats = torch.stack(
         [torch.stack([r.stats[0] / r.count.clamp(min=1), r.finite.double()]) for r in results]
     ).cpu()  # one read-back per epoch
+    seconds = time.perf_counter() - t0  # training and evaluation of the epoch
     return {"epoch": epoch + 1, "step": step, "train_loss": float(stats[:, 0].mean()),
-            "skipped_steps": int((stats[:, 1] == 0).sum()),
-            "seconds": round(time.perf_counter() - t0, 2), **metrics}  # fmt: skip
+            "skipped_steps": int((stats[:, 1] == 0).sum()), "seconds": round(seconds, 2),
+            **metrics}  # fmt: skip
 
 
 def _eval_context(engine: Engine) -> EvalContext:
