@@ -53,6 +53,7 @@ class ClozeBatch:
     answer_ids: torch.Tensor  # [B, C] single-token mode: each candidate's token id
     num_candidates: torch.Tensor  # [B]
     target: torch.Tensor  # [B] correct candidate, -1 for none (ignored by the loss)
+    target_index: torch.Tensor  # [N] flat indices (into B*T) of the positions with a target
 
 
 _WARNED: set[tuple] = set()  # (task, pattern id, answer lengths, vocabulary size) warned about
@@ -166,6 +167,7 @@ def collate(inputs: Sequence[ClozeInput], sop: int, pad: int, single_token: bool
         answer_ids=answer_ids,
         num_candidates=torch.tensor([len(x.answers) for x in inputs]),
         target=torch.tensor([x.target for x in inputs]),
+        target_index=(pad_to(tgt, -100, T).flatten() != -100).nonzero().squeeze(1),  # host-side
     )
 
 
@@ -214,10 +216,10 @@ def score(
         logits = model.logits(h_sop)  # [B, V]
         out = logits.gather(1, batch.answer_ids)  # [B, C]
     else:
-        sel = batch.targets != -100  # [B, T]
-        logp = F.log_softmax(model.logits(h[sel]).float(), dim=-1)  # [N, V]
-        tok = logp.gather(1, batch.targets[sel].unsqueeze(1)).squeeze(1)  # [N]
-        flat = (torch.arange(B, device=h.device).unsqueeze(1) * C + batch.candidate)[sel]  # [N]
+        sel = batch.target_index  # [N], computed in collate: no read-back of a device mask
+        logp = F.log_softmax(model.logits(h.flatten(0, 1)[sel]).float(), dim=-1)  # [N, V]
+        tok = logp.gather(1, batch.targets.flatten()[sel].unsqueeze(1)).squeeze(1)  # [N]
+        flat = (torch.arange(B, device=h.device).unsqueeze(1) * C + batch.candidate).flatten()[sel]
         out = torch.zeros(B * C, device=h.device).index_add(0, flat, tok).view(B, C)
         if length_penalty:
             n = torch.zeros(B * C, device=h.device).index_add(0, flat, torch.ones_like(tok))

@@ -72,9 +72,9 @@ def seq2seq_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(smoothed token loss, its mean or sum, and the number of correct argmax tokens)."""
     h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask)
-    sel = batch.targets != -100  # [B, T]
-    logits = model.logits(h[sel]).float()  # [N, V]
-    tgt = batch.targets[sel]  # [N]
+    sel = batch.target_index  # [N] flat target positions, from collate (host-side)
+    logits = model.logits(h.flatten(0, 1)[sel]).float()  # [N, V]
+    tgt = batch.targets.flatten()[sel]  # [N]
     loss = F.cross_entropy(logits, tgt, label_smoothing=label_smoothing, reduction=reduction)
     return loss, (logits.argmax(-1) == tgt).sum()
 

@@ -38,7 +38,7 @@ from . import dcp as dcp_io
 from .distributed import DistInfo, all_reduce_sum
 from .engine import Engine
 from .metrics import MetricSink, NullSink, default_sinks, peak_flops, train_flops
-from .objective import N_OBJ, TargetLogits, evaluate, loss_sums, summarize, target_index
+from .objective import N_OBJ, TargetLogits, evaluate, loss_sums, summarize, to_device
 from .optim import lr_at
 from .report import Pending, log_line, take
 from .resume import StopFlag, find_resume, init_from, rng_state, set_rng_state
@@ -178,7 +178,7 @@ def train_step(run: Run) -> Pending:
     cfg, device = run.cfg, run.device
     lr = lr_at(run.step, cfg.optim, run.schedule_steps)
     host = [next(run.batches) for _ in range(cfg.train.grad_accum)]
-    micro = [(b.to(device), target_index(b).to(device)) for b in host]  # indices from the host
+    micro = [to_device(b, device) for b in host]
     result = run.engine.step(micro, _pretrain_loss, _target_count, lr)
     run.step += 1
     run.bar.update(1)

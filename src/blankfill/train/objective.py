@@ -28,6 +28,19 @@ def target_index(batch: Batch) -> torch.Tensor:
     return (batch.loss_mask.flatten() > 0).nonzero().squeeze(1)
 
 
+def to_device(batch: Batch, device: torch.device) -> tuple[Batch, torch.Tensor]:
+    """(the batch, its ``target_index``) on ``device``; to a GPU from pinned memory without
+    waiting for the copy (the index is computed on the host first)."""
+    index = target_index(batch)
+    if device.type != "cuda":
+        return batch.to(device), index.to(device)
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory().to(device, non_blocking=True)
+
+    return Batch(**{k: None if v is None else move(v) for k, v in vars(batch).items()}), move(index)
+
+
 class TargetLogits(nn.Module):
     """The GLM with the pretraining head: logits of the target rows only, [N, V]."""
 
@@ -103,4 +116,12 @@ def evaluate(
     return summarize(all_reduce_sum(total, info))
 
 
-__all__ = ["N_OBJ", "TargetLogits", "evaluate", "loss_sums", "summarize", "target_index"]
+__all__ = [
+    "N_OBJ",
+    "TargetLogits",
+    "evaluate",
+    "loss_sums",
+    "summarize",
+    "target_index",
+    "to_device",
+]
