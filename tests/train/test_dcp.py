@@ -115,3 +115,22 @@ def test_dcp_save_on_2_resume_on_1_and_4_and_back(tmp_path):
     assert is_sharded(ck.checkpoint_path(tmp_path / "rev", 4))
     launch(2, config(tmp_path / "rev", 8), resume="auto")
     assert_rows_close(read_metrics(tmp_path / "rev" / "metrics.jsonl")[4:], want[4:])
+
+
+def test_sharded_checkpoint_in_one_process_damaged_one_skipped_bitwise_resume(tmp_path, caplog):
+    ref = config(tmp_path / "ref", 6, checkpoint="full")
+    single(ref)
+    run = config(tmp_path / "run", 4, checkpoint="sharded")
+    single(run)
+    newest = ck.list_checkpoints(tmp_path / "run")[0]
+    assert is_sharded(newest)
+    shard = next((newest / "dcp").glob("*.distcp"))
+    with open(shard, "r+b") as f:  # damaged: the size no longer matches trainer.json
+        f.truncate(100)
+    single(config(tmp_path / "run", 6, checkpoint="sharded"), resume="auto")
+    assert "skipping checkpoint step-00000004" in caplog.text
+    want = read_metrics(tmp_path / "ref" / "metrics.jsonl")
+    got = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    for w, g in zip(want[2:], got[2:], strict=True):  # resumed from step 2, bitwise (CPU fp32)
+        assert (g["loss"], g["grad_norm"]) == (w["loss"], w["grad_norm"]), g["step"]
+    assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
