@@ -15,10 +15,12 @@ DIR`` (``sharded_to_folder``) writes one, reading the weights only, in one proce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,16 @@ log = logging.getLogger(__name__)
 
 DCP_DIR = "dcp"
 FORMAT = "dcp"
+
+
+@contextlib.contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """DCP warns on every single-process save/load, even when asked for one: quiet that one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="torch.distributed is disabled", category=UserWarning
+        )
+        yield
 
 
 def use_sharded(checkpoint: str, strategy: str, info: DistInfo) -> bool:
@@ -56,8 +68,9 @@ def shard_writer(module: nn.Module, optimizer: torch.optim.Optimizer) -> Callabl
 
     def write(folder: Path) -> None:
         model_sd, optim_sd = get_state_dict(module, optimizer)  # sharded: DTensors, no gather
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=folder / DCP_DIR,
-                 no_dist=not torch.distributed.is_initialized())  # fmt: skip
+        with _single_process_ok():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=folder / DCP_DIR,
+                     no_dist=not torch.distributed.is_initialized())  # fmt: skip
 
     return write
 
@@ -84,8 +97,9 @@ def load_sharded(ckpt: str | Path, module: nn.Module, optimizer: torch.optim.Opt
 
     model_sd, optim_sd = get_state_dict(module, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=Path(ckpt) / DCP_DIR,
-             no_dist=not torch.distributed.is_initialized())  # fmt: skip
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=Path(ckpt) / DCP_DIR,
+                 no_dist=not torch.distributed.is_initialized())  # fmt: skip
     set_state_dict(module, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])  # fmt: skip
 
