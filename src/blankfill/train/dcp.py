@@ -116,12 +116,9 @@ def read_sharded_model(ckpt: str | Path) -> tuple[Any, dict[str, torch.Tensor]]:
     cfg = read_model_config(ckpt / CONFIG_NAME)
     template = {f"glm.{k}": v for k, v in GLM(cfg).state_dict().items()}
     state = {"model": template}
-    dcp.load(
-        state,
-        checkpoint_id=ckpt / DCP_DIR,
-        no_dist=True,
-        planner=DefaultLoadPlanner(allow_partial_load=True),
-    )  # the weights, not the optimizer
+    with _single_process_ok():  # the weights only, not the optimizer state
+        planner = DefaultLoadPlanner(allow_partial_load=True)
+        dcp.load(state, checkpoint_id=ckpt / DCP_DIR, no_dist=True, planner=planner)
     return cfg, {k[len("glm.") :]: v for k, v in state["model"].items()}
 
 
