@@ -59,6 +59,21 @@ def _load_tokenizer(cfg: RunConfig):
     return load_tokenizer(Path(cfg.data.store) / "tokenizer")
 
 
+def _estimate(cfg: RunConfig, info, device: torch.device) -> float:
+    from ..hardware import choose_precision
+    from ..train.memory import GiB, estimate_memory
+
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = choose_precision(device, measure=False).precision
+    est = estimate_memory(cfg.model, batch_size=cfg.data.batch_size,
+                          seq_len=cfg.data.seq_len + cfg.data.seq_len // 10,  # + 2 per span
+                          world_size=info.world_size, precision=precision,
+                          fsdp=cfg.dist.strategy == "fsdp" and info.wrapped,
+                          activation_checkpointing=cfg.train.activation_checkpointing)  # fmt: skip
+    return est.total / GiB
+
+
 def _peak_memory(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA, allocated)"
@@ -132,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
                 print(
                     f"dry run OK: {n_params:,} parameters; one step, loss "
                     f"{result.metrics.get('loss', float('nan')):.4f}; peak memory "
-                    f"{_peak_memory(device)}"
+                    f"{_peak_memory(device)}; estimated {_estimate(cfg, info, device):.3g} GiB per "
+                    "device (blankfill info --memory)"
                 )
             else:
                 _report(result, cfg, info)
