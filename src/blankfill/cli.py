@@ -27,6 +27,8 @@ VERBS: tuple[str, ...] = (
     "finetune",
     "evaluate",
     "fill",
+    "serve",
+    "lm-eval",
     "convert",
     "info",
     "demo",
