@@ -110,3 +110,26 @@ def test_lora_trains_adapters_only_merged_or_apart(tmp_path):
             model_for_eval = load_adapter(saved, out / "best")
         again = evaluate_cloze(model_for_eval, tok, SENTIMENT, valid)
         assert again["accuracy"] == pytest.approx(result["best"]["accuracy"])
+
+
+def test_sigterm_stops_after_the_step_evaluates_and_keeps_best(tmp_path):
+    import os
+    import signal
+
+    train, valid = synthetic(64, 0), synthetic(16, 1)
+    tok = train_tokenizer([r["text"] for r in train] + [" Colour: Red. Colour: Green."] * 9, 384)
+    torch.manual_seed(0)
+    cfg = load_config(FinetuneRunConfig, None, ["finetune.precision=fp32", "finetune.epochs=3"])
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def term_at_step_3(s: dict) -> None:
+        if s["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = finetune_cloze(GLM(tiny_config()), tok, SENTIMENT, train, valid, cfg,
+                            out_dir=tmp_path, on_step=term_at_step_3)  # fmt: skip
+    assert result["interrupted"] and result["signal"] == signal.SIGTERM
+    assert [r["step"] for r in result["history"]] == [3] and result["history"][0]["interrupted"]
+    assert (tmp_path / "best" / "model.safetensors").is_file()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored

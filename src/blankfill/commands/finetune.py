@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 from pathlib import Path
 
 from ..config import FinetuneRunConfig, load_config, to_dict
@@ -86,4 +88,9 @@ def _finetune(args: argparse.Namespace, cfg: FinetuneRunConfig, device, info) ->
     summary = {k: result[k] for k in keys if k in result}
     if info.is_main:
         print(json.dumps({**summary, "checkpoint": str(out / "best")}, indent=2))
+    if result.get("interrupted"):  # SIGTERM/SIGINT: the partial epoch was evaluated, best/ kept
+        print(f"stopped by a signal in epoch {len(result['history'])}; {out / 'best'} holds the "
+              "best epoch so far (fine-tuning does not resume; rerun to train in full)",
+              file=sys.stderr)  # fmt: skip
+        return 128 + (result.get("signal") or signal.SIGINT)
     return 0

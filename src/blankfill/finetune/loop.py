@@ -34,9 +34,10 @@ from torch import nn
 from ..config import FinetuneRunConfig, to_dict
 from ..pretrained import atomic_write_text, save_state
 from ..train.checkpoint import full_model_state
-from ..train.distributed import DistInfo, all_reduce_sum, barrier
+from ..train.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier
 from ..train.engine import Engine, StepResult, TaskModule
 from ..train.optim import lr_at
+from ..train.resume import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -210,30 +211,74 @@ def train(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-    history, best, best_epoch, step = [], None, -1, 0
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        results = train_epoch(engine, recipe, train_items, cfg, epoch=epoch, first_step=step,
-                              total=total, batch_size=batch_size, on_step=on_step)  # fmt: skip
-        step += len(results)
-        metrics = recipe.evaluate(_eval_context(engine))
-        row = _epoch_row(results, epoch, step, t0, metrics)
-        history.append(row)
-        log.info("epoch %d: %s", epoch + 1, json.dumps(row))
-        improved = best is None or selection_score(metrics) > selection_score(best)
-        if improved:
-            best, best_epoch = metrics, epoch + 1
-        if out is not None:
-            with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
-        if improved and out_dir is not None:
-            info_json = {"task": recipe.name, **recipe.info, "epoch": epoch + 1, "metrics": metrics}
-            state = full_model_state(engine.module, engine.sharded)  # collective under FSDP
-            if out is not None:
-                save_finetuned(state, model.config, out / "best", tokenizer, info_json,
-                               lora=ft.lora_rank, merge=ft.lora_merge)  # fmt: skip
-            barrier(info)
-    return {"best": best, "best_epoch": best_epoch, "history": history}
+    progress, step = _Progress(out=out, save=out_dir is not None), 0
+    with StopFlag() as flag:
+        stop = _stop_check(flag, info, engine.device)
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            results = train_epoch(engine, recipe, train_items, cfg, epoch=epoch, first_step=step,
+                                  total=total, batch_size=batch_size, on_step=on_step,
+                                  stop=stop)  # fmt: skip
+            step += len(results)
+            _end_epoch(engine, recipe, model, cfg, tokenizer, results, epoch, step, t0, progress)
+            if stop(step, final=True):  # SIGTERM/SIGINT: best/ is as good as the run got
+                progress.history[-1]["interrupted"] = True
+                return progress.result(interrupted=True, signal=flag.signum)
+    return progress.result()
+
+
+def _stop_check(flag: StopFlag, info: DistInfo, device: torch.device) -> Callable[..., bool]:
+    """Whether to stop after ``step``: one process at once; several agree every 10 steps (and at
+    the end of an epoch), so that they stop at the same step."""
+
+    def stop(step: int, final: bool = False) -> bool:
+        if not info.distributed:
+            return flag.stop
+        if step % 10 and not final:
+            return False
+        t = torch.tensor(float(flag.stop), device=device)
+        return bool(all_reduce_max(t, info).item())
+
+    return stop
+
+
+@dataclass
+class _Progress:
+    """What the epochs have found so far, and where best/ goes."""
+
+    out: Path | None  # rank 0's run folder
+    save: bool  # whether best/ is written at all
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    best_epoch: int = -1
+
+    def result(self, **extra: Any) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "history": self.history,
+                **extra}  # fmt: skip
+
+
+def _end_epoch(engine: Engine, recipe: Recipe, model, cfg: FinetuneRunConfig, tokenizer,
+               results: list[StepResult], epoch: int, step: int, t0: float,
+               progress: _Progress) -> None:  # fmt: skip
+    """Evaluate, log the epoch's row, write best/ when the selection metric improved."""
+    ft, p = cfg.finetune, progress
+    metrics = recipe.evaluate(_eval_context(engine))
+    row = _epoch_row(results, epoch, step, t0, metrics)
+    p.history.append(row)
+    log.info("epoch %d: %s", epoch + 1, json.dumps(row))
+    improved = p.best is None or selection_score(metrics) > selection_score(p.best)
+    if improved:
+        p.best, p.best_epoch = metrics, epoch + 1
+    if p.out is not None:
+        with (p.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    if improved and p.save:
+        info_json = {"task": recipe.name, **recipe.info, "epoch": epoch + 1, "metrics": metrics}
+        state = full_model_state(engine.module, engine.sharded)  # collective under FSDP
+        if p.out is not None:
+            save_finetuned(state, model.config, p.out / "best", tokenizer, info_json,
+                           lora=ft.lora_rank, merge=ft.lora_merge)  # fmt: skip
+        barrier(engine.info)
 
 
 def train_epoch(
@@ -247,8 +292,10 @@ def train_epoch(
     total: int,
     batch_size: int,
     on_step: Callable[[dict], None] | None = None,
+    stop: Callable[[int], bool] | None = None,
 ) -> list[StepResult]:
-    """One pass in the (seed, epoch) order: ``Engine.step`` per ``batch_size`` examples."""
+    """One pass in the (seed, epoch) order: ``Engine.step`` per ``batch_size`` examples; ends
+    early when ``stop(step)`` says so (a signal)."""
 
     def loss(module: nn.Module, micro: tuple[list[Any], float]):
         items, weight = micro
@@ -270,6 +317,8 @@ def train_epoch(
         step += 1
         if on_step is not None:
             on_step({"step": step, "epoch": epoch, "lr": lr, "total": total})
+        if stop is not None and stop(step):
+            break
     return results
 
 
