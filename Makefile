@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[dev,eval,plot,serve,harness,sentencepiece,browser]"
+	$(PY) -m pip install -q -e ".[dev,eval,plot,serve,harness,sentencepiece,browser,lora]"
 	touch $@
 
 test: install

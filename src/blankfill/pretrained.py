@@ -179,6 +179,11 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     files = mp_shard_files(path)
     if files:
         return _load_mp(files), f"{files[0].parent} (MP={len(files)})"
+    if (path / "dcp").is_dir():  # a sharded FSDP training checkpoint (train/dcp.py)
+        raise ConfigError(
+            f"{path} is a sharded (FSDP) checkpoint; write a model folder from it with: "
+            f"blankfill convert --from {path} --to DIR"
+        )
     raise ConfigError(
         f"no weights in {path}: expected {WEIGHTS_NAME}, {HUB_BIN_NAME}, a shard index "
         "(*.index.json) or mp_rank_00_model_states.pt"

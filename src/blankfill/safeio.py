@@ -132,9 +132,11 @@ def sha256_file(path: str | Path) -> str:
 
 
 def file_checksums(folder: str | Path) -> dict[str, str]:
-    """``{name: sha256}`` of the plain files directly in ``folder`` (sorted by name)."""
+    """``{relative path: sha256}`` of the plain files in ``folder`` and its subfolders (sorted)."""
     folder = Path(folder)
-    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def file_mode() -> int:

@@ -51,13 +51,17 @@ def test_model_folder_disk_full_keeps_previous(small_disk):
     """save_pretrained (fine-tuning's best/ and convert write model folders the same way)."""
     from blankfill.finetune.loop import save_finetuned
 
+    def glm_state(m: GLM) -> dict:
+        return {f"glm.{k}": v.detach().clone() for k, v in m.state_dict().items()}
+
     model = GLM(tiny_config())
     best = small_disk.path / "best"
-    save_finetuned(model, best, None, None, {"epoch": 1})
+    save_finetuned(glm_state(model), model.config, best, None, {"epoch": 1})
     before = {k: v.clone() for k, v in load_pretrained(best).state_dict().items()}
     small_disk.fill()
     with pytest.raises(DiskFullError, match=f"{best}: no space left on device .*; the previous"):
-        save_finetuned(GLM(tiny_config(hidden_size=64)), best, None, None, {"epoch": 2})
+        other = GLM(tiny_config(hidden_size=64))
+        save_finetuned(glm_state(other), other.config, best, None, {"epoch": 2})
     with pytest.raises(DiskFullError, match="model.safetensors: no space left on device"):
         save_pretrained(model, small_disk.path / "converted")
     assert small_disk.temporaries() == []

@@ -113,7 +113,7 @@ def test_metrics_null_for_nonfinite_and_each_step_once(tmp_path):
     row = json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in {line}"))
     assert row == {"step": 1, "loss": None, "grad_norm": None, "lr": 1e-3}
 
-    cfg = run_config(tmp_path / "run")
+    cfg = run_config(tmp_path / "run", log={"every": 1})  # rows reach the file every step
 
     class KilledAtThree(SyntheticBatches):  # dies after step 3 was logged, before its checkpoint
         def __next__(self):

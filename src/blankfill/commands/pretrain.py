@@ -10,6 +10,8 @@ import argparse
 import json
 import logging
 import resource
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -86,6 +88,21 @@ def dry_run_eta(cfg: RunConfig, done: int, first_s: float, step_s: float, cpu: b
     return line
 
 
+def _estimate(cfg: RunConfig, info, device: torch.device) -> float:
+    from ..hardware import choose_precision
+    from ..train.memory import GiB, estimate_memory
+
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = choose_precision(device, measure=False).precision
+    est = estimate_memory(cfg.model, batch_size=cfg.data.batch_size,
+                          seq_len=cfg.data.seq_len + cfg.data.seq_len // 10,  # + 2 per span
+                          world_size=info.world_size, precision=precision,
+                          fsdp=cfg.dist.strategy == "fsdp" and info.wrapped,
+                          activation_checkpointing=cfg.train.activation_checkpointing)  # fmt: skip
+    return est.total / GiB
+
+
 def _peak_memory(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA, allocated)"
@@ -141,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             cfg.model.hidden_size,
             device,
             info.world_size,
-            cfg.dist.strategy if info.distributed else "single",
+            cfg.dist.strategy if info.wrapped else "single",
         )
 
         def run_train(resume: str | None):
@@ -169,17 +186,42 @@ def run(args: argparse.Namespace) -> int:
                 print(
                     f"dry run OK: {n_params:,} parameters; loss "
                     f"{result.metrics.get('loss', float('nan')):.4f}; peak memory "
-                    f"{_peak_memory(device)}"
+                    f"{_peak_memory(device)}; estimated {_estimate(cfg, info, device):.3g} GiB per "
+                    "device (blankfill info --memory)"
                 )
                 print(dry_run_eta(cfg, done, first_s, step_s, device.type == "cpu"))
-            elif result.status in ("interrupted", "out of time"):
-                print(
-                    f"stopped ({result.status}) at step {result.step}; checkpoint {result.checkpoint}. Continue "
-                    f"with: blankfill pretrain --config {args.config} --resume auto",
-                    file=sys.stderr,
-                )
             else:
-                print(f"done: {result.step} steps; checkpoint {result.checkpoint}")
+                _report(result, cfg, info)
+        code = _exit_code(result)
     finally:
         teardown(info)
-    return 0
+    return code
+
+
+#: Exit codes of a run that stopped early with a checkpoint: 128 + the signal (shell style:
+#: 130 SIGINT, 143 SIGTERM), 75 (EX_TEMPFAIL) when train.max_minutes ran out.
+OUT_OF_TIME = 75
+
+
+def _exit_code(result) -> int:
+    if result.status == "interrupted":
+        return 128 + (result.signal or signal.SIGINT)
+    return OUT_OF_TIME if result.status == "out of time" else 0
+
+
+def _report(result, cfg: RunConfig, info) -> None:
+    run_dir = Path(cfg.train.out_dir)
+    if result.status == "already finished":
+        print(f"{run_dir} is already finished: step {result.step} of train.max_steps="
+              f"{cfg.train.max_steps} (checkpoint {result.checkpoint}). To train on, raise "
+              "--train.max_steps (the learning-rate schedule is kept; --optim.decay_steps=N "
+              "plans a new one)")  # fmt: skip
+    elif result.status in ("interrupted", "out of time"):
+        launcher = (f"torchrun --nproc-per-node {info.world_size} -m blankfill"
+                    if info.distributed else "blankfill")  # fmt: skip
+        again = shlex.quote(str(run_dir / "config.json"))  # the resolved config, overrides in
+        print(f"stopped ({result.status}) at step {result.step}; checkpoint {result.checkpoint}. "
+              f"Continue with: {launcher} pretrain --config {again} --resume auto",
+              file=sys.stderr)  # fmt: skip
+    else:
+        print(f"done: {result.step} steps; checkpoint {result.checkpoint}")

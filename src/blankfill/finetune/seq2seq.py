@@ -20,9 +20,10 @@ import torch.nn.functional as F
 
 from ..config import FinetuneRunConfig
 from ..device import resolve_device
+from ..train.distributed import DistInfo
 from .cloze import ClozeInput, collate, to_device
 from .lm import check_at_least
-from .loop import Recipe, train
+from .loop import EvalContext, Recipe, train
 from .readers import read_rows, read_utf8
 from .runner import capped_length
 
@@ -70,13 +71,15 @@ def encode_pair(tokenizer, source: str, target: str, src_len: int, tgt_len: int)
                       target=0)  # fmt: skip
 
 
-def seq2seq_loss(model, batch, label_smoothing: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(smoothed mean token loss, number of correct argmax tokens) of a collated batch."""
+def seq2seq_loss(
+    model, batch, label_smoothing: float = 0.1, reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(smoothed token loss, its mean or sum, and the number of correct argmax tokens)."""
     h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask)
-    sel = batch.targets != -100  # [B, T]
-    logits = model.logits(h[sel]).float()  # [N, V]
-    tgt = batch.targets[sel]  # [N]
-    loss = F.cross_entropy(logits, tgt, label_smoothing=label_smoothing)
+    sel = batch.target_index  # [N] flat target positions, from collate (host-side)
+    logits = model.logits(h.flatten(0, 1)[sel]).float()  # [N, V]
+    tgt = batch.targets.flatten()[sel]  # [N]
+    loss = F.cross_entropy(logits, tgt, label_smoothing=label_smoothing, reduction=reduction)
     return loss, (logits.argmax(-1) == tgt).sum()
 
 
@@ -89,13 +92,14 @@ def finetune_seq2seq(
     *,
     out_dir=None,
     on_step: Callable[[dict], None] | None = None,
+    info: DistInfo | None = None,
 ) -> dict[str, Any]:
     """Fine-tune on (source, target) pairs; each epoch reports the validation loss and
     teacher-forced token accuracy (the best checkpoint is chosen by the accuracy)."""
     require_pairs(valid_pairs, "validation data")
     ft = cfg.finetune
-    device = resolve_device(ft.device, key="finetune.device")
-    model.to(device)
+    info = info or DistInfo()
+    device = resolve_device(ft.device, info.local_rank, key="finetune.device")
     rows = model.config.max_sequence_length
     src_len = capped_length(ft.max_seq_len or rows, model, "finetune.max_seq_len")
     tgt_len = min(ft.max_target_len, rows - 1)
@@ -106,26 +110,28 @@ def finetune_seq2seq(
     train_xs = [encode_pair(tokenizer, s, t, src_len, tgt_len) for s, t in train_pairs]
     valid_xs = [encode_pair(tokenizer, s, t, src_len, tgt_len) for s, t in valid_pairs]
 
-    def loss(items) -> torch.Tensor:
+    def loss(glm, head, items) -> torch.Tensor:
         batch = to_device(collate(items, sp.sop, sp.pad, single_token=False), device)
-        return seq2seq_loss(model, batch, ft.label_smoothing)[0]
+        return seq2seq_loss(glm, batch, ft.label_smoothing, reduction="sum")[0]
 
-    @torch.no_grad()
-    def evaluate() -> dict[str, float]:
-        model.eval()
-        total, correct, count = 0.0, 0, 0
-        for i in range(0, len(valid_xs), ft.eval_batch_size):
-            items = valid_xs[i : i + ft.eval_batch_size]
-            batch = to_device(collate(items, sp.sop, sp.pad, single_token=False), device)
-            n = int((batch.targets != -100).sum())
-            value, ok = seq2seq_loss(model, batch, 0.0)
-            total, correct, count = total + float(value) * n, correct + int(ok), count + n
+    def evaluate(ctx: EvalContext) -> dict[str, float]:
+        # this rank's share, summed on the device, then over ranks: [loss sum, correct, count]
+        sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+        mine = ctx.shard(valid_xs)
+        for i in range(0, len(mine), ft.eval_batch_size):
+            batch = to_device(collate(mine[i : i + ft.eval_batch_size], sp.sop, sp.pad,
+                                      single_token=False), device)  # fmt: skip
+            value, ok = ctx.run(lambda glm, head, b: seq2seq_loss(glm, b, 0.0, "sum"), batch)
+            sums += torch.stack([value.double(), ok.double(), (batch.targets != -100).sum()])
+        total, correct, count = ctx.sum(sums).tolist()
         return {"token_accuracy": correct / max(count, 1), "valid_loss": total / max(count, 1)}
 
-    info = {"kind": "seq2seq", "max_seq_len": src_len, "max_target_len": tgt_len}
-    recipe = Recipe(name="seq2seq", loss=loss, evaluate=evaluate, info=info)
+    info_json = {"kind": "seq2seq", "max_seq_len": src_len, "max_target_len": tgt_len}
+    recipe = Recipe(name="seq2seq", loss=loss, count=lambda items: sum(len(x.answers[0])
+                    for x in items), evaluate=evaluate, info=info_json)  # fmt: skip
     return train(model, recipe, train_xs, cfg, epochs=ft.epochs or 10, batch_size=ft.batch_size
-                 or 16, out_dir=out_dir, tokenizer=tokenizer, on_step=on_step)  # fmt: skip
+                 or 16, out_dir=out_dir, tokenizer=tokenizer, on_step=on_step, info=info,
+                 device=device)  # fmt: skip
 
 
 def require_pairs(

@@ -85,6 +85,7 @@ def save_checkpoint(
     meta: dict[str, Any],
     tokenizer: Any = None,
     keep_last: int = 3,
+    write_shards: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write one checkpoint atomically; collective (every rank calls it).
 
@@ -99,6 +100,8 @@ def save_checkpoint(
         meta: extra trainer.json fields (tokens seen, ...).
         tokenizer: saved with ``tokenizer.save(folder)`` when given.
         keep_last: checkpoints kept after this one is written.
+        write_shards: called on every rank with the temporary folder (sharded FSDP states via
+            ``train/dcp.py``); then ``model_state``/``optimizer_state`` may be None.
 
     Returns:
         The checkpoint folder.
@@ -118,19 +121,27 @@ def save_checkpoint(
             tmp.mkdir(parents=True)
         barrier(info)
         torch_save(rank_state, tmp / rank_file(info.rank))
+        if write_shards is not None:
+            write_shards(tmp)
         barrier(info)
         if info.is_main:
-            assert model_state is not None and optimizer_state is not None, "rank 0 writes it"
-            save_safetensors(
-                {k: v.contiguous() for k, v in model_state.items()},
-                tmp / WEIGHTS_NAME,
-                metadata={"format": "pt"},
-            )
-            torch_save(optimizer_state, tmp / OPTIMIZER_NAME)
+            assert write_shards or model_state is not None, "rank 0 writes the model"
+            if model_state is not None:
+                save_safetensors(
+                    {k: v.contiguous() for k, v in model_state.items()},
+                    tmp / WEIGHTS_NAME,
+                    metadata={"format": "pt"},
+                )
+            if optimizer_state is not None:
+                torch_save(optimizer_state, tmp / OPTIMIZER_NAME)
             (tmp / CONFIG_NAME).write_text(json.dumps({"format": "blankfill", **config}, indent=2))
             if tokenizer is not None:
                 tokenizer.save(tmp)
-            files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+            files = {
+                str(p.relative_to(tmp)): p.stat().st_size
+                for p in sorted(tmp.rglob("*"))
+                if p.is_file()
+            }
             trainer = {
                 "format_version": FORMAT_VERSION,
                 "step": step,
@@ -330,6 +341,10 @@ def load_checkpoint(ckpt: str | Path, info: DistInfo) -> dict[str, Any]:
     """Read and verify a checkpoint: ``{"meta", "model", "optimizer", "rank"}`` for this rank."""
     ckpt = Path(ckpt)
     meta = read_trainer_json(ckpt)
+    if meta.get("format") == "dcp":  # sharded (train/dcp.py): any world size, loaded after
+        own = ckpt / rank_file(info.rank)  # wrapping; a rank the checkpoint lacks takes rank 0's
+        return {"meta": meta, "dcp": ckpt, "rank": _torch_load(own if own.is_file() else
+                                                               ckpt / rank_file(0))}  # fmt: skip
     if meta.get("world_size", 1) != info.world_size:
         raise CheckpointError(
             f"{ckpt} was written by {meta.get('world_size')} process(es), this run has "
@@ -339,12 +354,8 @@ def load_checkpoint(ckpt: str | Path, info: DistInfo) -> dict[str, Any]:
         model = load_state_dict_file(ckpt / WEIGHTS_NAME)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
-    return {
-        "meta": meta,
-        "model": model,
-        "optimizer": _torch_load(ckpt / OPTIMIZER_NAME),
-        "rank": _torch_load(ckpt / rank_file(info.rank)),
-    }
+    return {"meta": meta, "model": model, "optimizer": _torch_load(ckpt / OPTIMIZER_NAME),
+            "rank": _torch_load(ckpt / rank_file(info.rank))}  # fmt: skip
 
 
 def load_latest(
@@ -378,19 +389,7 @@ def load_latest(
     return None
 
 
-__all__ = [
-    "CheckpointError",
-    "NoUsableCheckpoint",
-    "checkpoint_path",
-    "list_checkpoints",
-    "load_checkpoint",
-    "model_folder",
-    "newest_good_checkpoint",
-    "load_latest",
-    "prune",
-    "read_trainer_json",
-    "save_checkpoint",
-    "full_model_state",
-    "full_optimizer_state",
-    "load_optimizer_state",
-]
+__all__ = ["CheckpointError", "NoUsableCheckpoint", "checkpoint_path", "full_model_state",
+           "full_optimizer_state", "list_checkpoints", "load_checkpoint", "load_latest",
+           "load_optimizer_state", "model_folder", "newest_good_checkpoint", "prune",
+           "read_trainer_json", "save_checkpoint"]  # fmt: skip
