@@ -392,8 +392,17 @@ def read_model_config(path: str | Path, **overrides: Any) -> ModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CorruptConfig:
-    """How a text becomes Part A + Part B (GLM §2.1, spec §3). Defaults follow the paper."""
+    """How a text becomes Part A + Part B (GLM §2.1, spec §3). Defaults follow the paper.
 
+    ``objective`` also selects the baselines of GLM's comparisons; they reuse the token-level span
+    sampler (``mask_ratio``, ``poisson_lambda``, ``max_span_length``; ``max_span_length = 2``
+    masks single tokens as BERT does) and ignore the objective mix.
+    """
+
+    # "glm": blank infilling with the mix below; "masked_lm": BERT baseline (spans replaced in
+    # place, predicted at their positions, fully bidirectional); "causal_lm": GPT baseline
+    # (context length 0, next-token targets on the whole text)
+    objective: Literal["glm", "masked_lm", "causal_lm"] = "glm"
     mask_ratio: float = 0.15  # token level: fraction of tokens in [MASK] spans
     poisson_lambda: float = 3.0  # token level: span lengths ~ Poisson(lambda)
     max_span_length: int = 40  # token level: span lengths truncated to [1, max_span_length)
@@ -405,7 +414,13 @@ class CorruptConfig:
     document_prob: float = 0.0  # ... of the document-level objective
     mix_per: Literal["sample", "batch"] = "sample"  # choose the objective per sample or batch
     shuffle_spans: bool = True  # Part B in a random span order (GLM §2.1); False: text order
-    block_positions: bool = True  # 2D positions; False: 1D ablation (Part B numbered onward)
+    block_positions: bool = True  # 2D positions; False: 1D ablation (no offset inside a span)
+    # sentinel ablation (GLM Table 6, T5-style): > 0 gives span i of Part B its own blank [MASK_i],
+    # the ids sentinel_start .. sentinel_start + sentinels - 1; 0: one shared blank per objective
+    sentinels: int = 0
+    # id of [MASK_0]: put the sentinels past the tokenizer's vocabulary (its vocab_size, inside
+    # model.vocab_size, spec §2), so no official id moves; `blankfill pretrain` checks both
+    sentinel_start: int = 0
 
     def __post_init__(self) -> None:
         for name in ("mask_ratio", "sentence_ratio"):
@@ -415,6 +430,15 @@ class CorruptConfig:
             raise ValueError("corrupt.poisson_lambda must be > 0")
         if self.max_span_length < 2:
             raise ValueError("corrupt.max_span_length must be >= 2")
+        if self.objective not in ("glm", "masked_lm", "causal_lm"):
+            raise ValueError(
+                "corrupt.objective must be 'glm', 'masked_lm' or 'causal_lm', "
+                f"got {self.objective!r}"
+            )
+        if self.sentinels < 0 or self.sentinel_start < 0:
+            raise ValueError("corrupt.sentinels and corrupt.sentinel_start must be >= 0")
+        if self.sentinels and self.objective != "glm":
+            raise ValueError("corrupt.sentinels applies to corrupt.objective = 'glm' only")
         if self.mix_per not in ("sample", "batch"):
             raise ValueError(f"corrupt.mix_per must be 'sample' or 'batch', got {self.mix_per!r}")
         if not 0.0 <= self.document_suffix_prob <= 1.0:
