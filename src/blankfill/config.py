@@ -415,10 +415,11 @@ class CorruptConfig:
     mix_per: Literal["sample", "batch"] = "sample"  # choose the objective per sample or batch
     shuffle_spans: bool = True  # Part B in a random span order (GLM §2.1); False: text order
     block_positions: bool = True  # 2D positions; False: 1D ablation (no offset inside a span)
-    # sentinel ablation (GLM Table 6, T5-style): > 0 gives span i of Part B its own blank [MASK_i],
-    # the ids sentinel_start .. sentinel_start + sentinels - 1; 0: one shared blank per objective
+    # sentinel ablation (GLM Table 6, T5-style): > 0 gives token-level span i >= 1 of Part B its
+    # own blank [MASK_i] (span 0 keeps [MASK]), ids sentinel_start .. sentinel_start + sentinels - 1,
+    # so at most sentinels + 1 spans per sample; 0: one shared [MASK]
     sentinels: int = 0
-    # id of [MASK_0]: put the sentinels past the tokenizer's vocabulary (its vocab_size, inside
+    # id of [MASK_1]: put the sentinels past the tokenizer's vocabulary (its vocab_size, inside
     # model.vocab_size, spec §2), so no official id moves; `blankfill pretrain` checks both
     sentinel_start: int = 0
 

@@ -76,25 +76,27 @@ def test_sentinel_layout(data, shuffled):
     n, k, sep = len(text), len(spans), ex.context_len
     ids, labels, (pos, blk) = ex.input_ids, ex.labels, ex.position_ids
     assert len(ids) == n + 2 * k and sep == n - sum(e - s for s, e in spans) + k
-    assert MASK not in ids.tolist() and SOP not in ids.tolist()
-    # Part A: one distinct sentinel per span; Part B: the i-th span opens with [MASK_i]
-    assert sorted(t for t in ids[:sep].tolist() if t >= SENT0) == sentinels[:k]
+    # Part A: span 0 (of Part B) keeps [MASK], span i >= 1 has its own [MASK_i]
+    blanks = [MASK, *sentinels][:k]
+    assert sorted(t for t in ids[:sep].tolist() if t >= SENT0 or t == MASK) == sorted(blanks)
+    # Part B: the i-th span opens with [sop] (i = 0) or [MASK_i]
     opens = [t for t in range(sep, len(ids)) if blk[t] == 1]
-    assert ids[opens].tolist() == sentinels[:k]
+    assert ids[opens].tolist() == [SOP, *sentinels][:k]
     expected = order if order is not None else sorted(range(k), key=lambda i: spans[i][0])
     for j, (s, e) in enumerate(zip(opens, [*opens[1:], len(ids)], strict=False)):
         a, b = spans[expected[j]]
         assert labels[s:e].tolist() == [*text[a:b], EOP]
-        assert ids[:sep][pos[:sep] == np.flatnonzero(ids[:sep] == ids[s])[0]] == ids[s]
+        assert blk[s:e].tolist() == list(range(1, b - a + 2))
     # Part B's positions say nothing of where a span was: all equal |Part A|
-    assert (pos[sep:] == sep).all() and blk[opens].tolist() == [1] * k
-    assert reconstruct(ex, sop_id=SOP, eop_id=EOP, sentinel_ids=sentinels).tolist() == text
+    assert (pos[sep:] == sep).all()
+    got = reconstruct(ex, sop_id=SOP, eop_id=EOP, sentinel_ids=sentinels, mask_id=MASK)
+    assert got.tolist() == text
 
 
 def test_sentinels_must_cover_the_spans():
     with pytest.raises(ValueError, match="sentinel"):
-        build_blocks(list(range(16, 30)), [(1, 2), (4, 5)], mask_id=MASK, sop_id=SOP, eop_id=EOP,
-                     sentinel_ids=[SENT0])  # fmt: skip
+        build_blocks(list(range(16, 30)), [(1, 2), (4, 5), (7, 8)], mask_id=MASK, sop_id=SOP,
+                     eop_id=EOP, sentinel_ids=[SENT0])  # fmt: skip
     with pytest.raises(ValueError, match="special ids"):
         Corruptor(CorruptConfig(sentinels=8, sentinel_start=4), SP)
     with pytest.raises(ValueError, match="glm"):
@@ -140,7 +142,9 @@ def test_sentinel_statistics():
         ex = corrupt(_raw(rng, 160), rng)
         sep = ex.context_len
         k = int((ex.labels[sep:] == EOP).sum())
-        assert sorted(t for t in ex.input_ids[:sep] if t >= SENT0) == list(range(SENT0, SENT0 + k))
+        assert k >= 2 and (ex.input_ids[:sep] == MASK).sum() == 1
+        got = sorted(t for t in ex.input_ids[:sep] if t >= SENT0)
+        assert got == list(range(SENT0, SENT0 + k - 1))
         assert (ex.position_ids[0, sep:] == sep).all()
 
 

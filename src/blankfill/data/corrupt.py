@@ -12,9 +12,9 @@ Glossary (one meaning per word, used across ``blankfill.data``):
   its span's blank), row 1 the block position (0 in Part A, 1..len+1 inside a span, ``[sop]`` = 1).
 - ``labels``: pre-shifted: the label at t is the token that follows t in Part B; Part-A labels equal
   the inputs (their loss is 0).
-- *sentinel*: the ablation of GLM Table 6 (T5-style): span i of Part B gets its own blank
-  ``[MASK_i]``, which also opens it in Part B, and Part B's positions say nothing of where the span
-  was (``sentinel_ids``).
+- *sentinel*: the ablation of GLM Table 6 (T5-style, official ``--sentinel-token``): span i >= 1
+  of Part B gets its own blank ``[MASK_i]``, which also opens it in Part B (span 0 keeps ``[MASK]``
+  and ``[sop]``, as officially), and Part B's positions say nothing of where a span was.
 - The masked-LM and causal-LM baselines use the same ``Example`` form (``blankfill.data.baselines``).
 
 Everything here is a pure function of its arguments; randomness arrives as ``np.random.Generator``.
@@ -102,10 +102,11 @@ def build_blocks(
         block_positions: True: 2D positions (GLM §2.3). False: the 1D ablation (official
             ``--no-block-position``): Part B keeps its blank's position, every Part-B block
             position is 1, so nothing tells a span token its offset inside the span.
-        sentinel_ids: the sentinel ablation (official ``--sentinel-token``): the i-th span of Part
-            B is blanked by ``sentinel_ids[i]`` in Part A and opened by it in Part B (instead of
-            ``[sop]``); all of Part B takes position ``context_len`` (the official code uses
-            max_seq_len), so only the sentinel links a span to its place. Needs >= k ids.
+        sentinel_ids: the sentinel ablation (official ``--sentinel-token``): span i >= 1 of Part
+            B is blanked by ``sentinel_ids[i - 1]`` in Part A and opened by it in Part B instead
+            of ``[sop]`` (span 0 keeps ``mask_id`` and ``[sop]``); all of Part B takes position
+            ``context_len`` (officially max_seq_len), so only the blank's identity links a span to
+            its place. Needs >= k - 1 ids.
 
     Returns:
         An ``Example`` with ``input_ids``/``labels``/``loss_mask`` [n + 2k], ``position_ids``
@@ -122,14 +123,15 @@ def build_blocks(
         order = [int(i) for i in order]
         if sorted(order) != list(range(len(spans))):
             raise ValueError(f"order must be a permutation of range({len(spans)}), got {order}")
-    if sentinel_ids is not None and len(sentinel_ids) < len(spans):
+    k = len(spans)
+    if sentinel_ids is not None and len(sentinel_ids) < k - 1:
         raise ValueError(
-            f"{len(spans)} spans need {len(spans)} sentinel ids, got {len(sentinel_ids)}; "
-            "raise corrupt.sentinels"
+            f"{k} spans need {k - 1} sentinel ids, got {len(sentinel_ids)}; raise corrupt.sentinels"
         )
-    blank = np.full(len(spans), mask_id, dtype=np.int64)  # [k] blank of each span (spans order)
-    if sentinel_ids is not None:
-        blank[order] = np.asarray(sentinel_ids[: len(spans)], dtype=np.int64)
+    blank = np.full(k, mask_id, dtype=np.int64)  # [k] blank of each span (spans order)
+    opener = np.full(k, sop_id, dtype=np.int64)  # [k] first Part-B input of each span
+    if sentinel_ids is not None and k > 1:
+        blank[order[1:]] = opener[order[1:]] = np.asarray(sentinel_ids[: k - 1], dtype=np.int64)
     keep = np.ones(n, dtype=bool)
     part_a = text.copy()
     for i, (start, end) in enumerate(spans):
@@ -145,7 +147,7 @@ def build_blocks(
     nb = int((m + 1).sum())
     src = np.repeat(S - off - 1, m + 1) + np.arange(nb)  # [nb] text index of the input token
     b_in = text[np.clip(src, 0, n - 1)]
-    b_in[off] = sop_id if sentinel_ids is None else blank[order]
+    b_in[off] = opener[order]
     b_lab = text[np.clip(src + 1, 0, n - 1)]
     b_lab[off + m] = eop_id
     input_ids = np.concatenate((part_a, b_in))
@@ -336,12 +338,17 @@ def sentence_spans(
 
 
 def reconstruct(
-    example: Example, *, sop_id: int, eop_id: int, sentinel_ids: Sequence[int] | None = None
+    example: Example,
+    *,
+    sop_id: int,
+    eop_id: int,
+    sentinel_ids: Sequence[int] | None = None,
+    mask_id: int | None = None,
 ) -> np.ndarray:
     """Invert ``build_blocks``: put each Part-B span back at its blank.
 
     Spans are found by their opener (``[sop]``, or a sentinel) and placed by their position id, or,
-    with ``sentinel_ids``, at the Part-A blank holding the same sentinel.
+    with ``sentinel_ids`` (and the ``mask_id`` of span 0), at the Part-A blank of that opener.
 
     Returns:
         int64 [n], the original text.
@@ -349,13 +356,17 @@ def reconstruct(
     sep = example.context_len
     ids, labels = example.input_ids, example.labels
     pos = example.position_ids[0]
-    openers = {sop_id} if sentinel_ids is None else {int(i) for i in sentinel_ids}
+    openers = {sop_id, *(int(i) for i in sentinel_ids or ())}
     span_at: dict[int, np.ndarray] = {}
     starts = [t for t in range(sep, len(ids)) if int(ids[t]) in openers]
     ends = [*starts[1:], len(ids)]
     for s, e in zip(starts, ends, strict=False):
         assert labels[e - 1] == eop_id, "a Part-B span must end in [eop]"
-        at = int(pos[s]) if sentinel_ids is None else int(np.flatnonzero(ids[:sep] == ids[s])[0])
+        if sentinel_ids is None:
+            at = int(pos[s])
+        else:
+            blank = mask_id if ids[s] == sop_id else ids[s]
+            at = int(np.flatnonzero(ids[:sep] == blank)[0])
         span_at[at] = labels[s : e - 1]
     parts = [span_at[i] if i in span_at else ids[i : i + 1] for i in range(sep)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -10,7 +10,7 @@
   random place (``build_blocks``).
 
 Part-B order is a seeded permutation when ``shuffle_spans`` (GLM §2.1), else text order. With
-``sentinels`` the token level blanks span i of Part B with its own ``[MASK_i]`` (GLM Table 6).
+``sentinels`` the token level blanks span i >= 1 of Part B with its own ``[MASK_i]`` (GLM Table 6).
 ``objective = "masked_lm"`` / ``"causal_lm"`` replace the mix by the BERT / GPT baselines
 (``blankfill.data.baselines``); their examples count as objective 0 (MASK) / 2 (gMASK, generation)
 in the per-objective losses. The corruptor holds no state; every draw comes from the ``rng`` passed
