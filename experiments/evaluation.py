@@ -1,0 +1,331 @@
+"""Evaluation of each experiment model, through blankfill's own loader, LM and fine-tuning code.
+
+Per model (``eval.json`` in its run folder):
+- ``infill``: on the corpus's test split, corrupted by the model's own ``corrupt`` section (the
+  same text windows for every model): target loss (total, per objective), token accuracy, and the
+  exact match of short spans (<= 3 tokens; every token argmax-correct, which under teacher forcing
+  equals greedy decoding for the autoregressive Part B; the masked LM predicts its tokens at once);
+- ``ppl_heldout`` / ``ppl_wikitext2``: sliding-window perplexity (``finetune.lm.perplexity``,
+  windows of 128, stride 64) on held-out documents and WikiText-2 valid: GLM through its
+  generation blank (``[gMASK]`` when it was trained, else ``[MASK]``), the causal LM causally;
+- ``lastword``: LAMBADA-style accuracy (``finetune.lm.lambada``) on held-out paragraphs.
+Per model and seed (``finetune.json``): cloze fine-tuning on SST-2 (a fixed 1,000-sentence
+subsample; dev: all 872), CB and COPA; the classifier head for the masked LM (BERT's way) and, as
+the ablation, for GLM (a).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import random
+import re
+import time
+from pathlib import Path
+
+import torch
+from run import say, write_json  # experiments/run.py
+
+SHORT_SPAN = 3  # tokens: "short spans" for the exact match
+FT_TASKS = {  # task -> (train file, valid file) under benchmarks/
+    "sst2": ("glue-sst2/train.tsv", "glue-sst2/dev.tsv"),
+    "cb": ("superglue/CB/train.jsonl", "superglue/CB/val.jsonl"),
+    "copa": ("superglue/COPA/train.jsonl", "superglue/COPA/val.jsonl"),
+}
+FT_EPOCHS = {"sst2": 2, "cb": 8, "copa": 8}
+SST2_TRAIN = 1000  # the fixed SST-2 subsample (seed 0)
+
+
+def load_run(rd: Path):
+    from blankfill.config import RunConfig, from_dict
+    from blankfill.pretrained import load_folder_tokenizer, load_pretrained
+
+    ckpt = Path(json.loads((rd / "pretrain.json").read_text())["checkpoint"])
+    raw = json.loads((ckpt / "config.json").read_text())
+    raw.pop("format", None)
+    cfg = from_dict(RunConfig, raw)
+    return load_pretrained(ckpt), load_folder_tokenizer(ckpt), cfg
+
+
+def _with_blank(tokenizer, cfg):
+    """The tokenizer as lm.py sees it: [gMASK] only for models trained on the document level."""
+    if cfg.corrupt.document_prob > 0:
+        return tokenizer, "[gMASK]"
+    tok = copy.copy(tokenizer)
+    tok.special = dataclasses.replace(tokenizer.special, gmask=None)
+    return tok, "[MASK]"
+
+
+@torch.no_grad()
+def infill(model, cfg, shared: Path, batches: int) -> dict:
+    """Held-out target loss, token accuracy and short-span exact match (see module doc)."""
+    from blankfill.data.batch import OBJECTIVES
+    from blankfill.data.loader import PretrainLoader
+    from blankfill.tokenizer import load_tokenizer
+    from blankfill.train.loop import TargetLogits
+
+    special = load_tokenizer(shared / "tokenizer").special
+    data = dataclasses.replace(cfg.data, valid_store="", valid_fraction=0.0, seed=777)
+    loader = PretrainLoader(shared / "store-test", data, cfg.corrupt, special)
+    head = TargetLogits(model).eval()
+    mlm = cfg.corrupt.objective == "masked_lm"
+    ce_sum = torch.zeros(len(OBJECTIVES), dtype=torch.float64)
+    count = torch.zeros(len(OBJECTIVES), dtype=torch.float64)
+    correct = spans = exact = 0
+    for step in range(batches):
+        batch = loader.batch(step)
+        logits = head(batch).float()  # [N, V]
+        sel = batch.loss_mask > 0  # [B, T]
+        labels, obj = batch.labels[sel], batch.objective[sel]  # [N]
+        ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        ce_sum.index_add_(0, obj, ce.double())
+        count.index_add_(0, obj, torch.ones_like(ce, dtype=torch.float64))
+        ok = logits.argmax(-1) == labels  # [N]
+        correct += int(ok.sum())
+        # spans: GLM Part B closes each span with an [eop] label; the masked LM's are runs
+        row = torch.nonzero(sel)  # [N, 2] (b, t) in the same order as the targets
+        k = 0
+        for b in range(batch.input_ids.shape[0]):
+            ts = row[row[:, 0] == b, 1].tolist()
+            start = k
+            for j, t in enumerate(ts):
+                end_here = (
+                    (j + 1 == len(ts) or ts[j + 1] != t + 1)
+                    if mlm
+                    else (int(labels[k]) == special.eop or j + 1 == len(ts))
+                )
+                k += 1
+                if end_here:
+                    n_tok = (k - start) - (0 if mlm else int(labels[k - 1]) == special.eop)
+                    if 1 <= n_tok <= SHORT_SPAN:
+                        spans += 1
+                        exact += int(ok[start:k].all())
+                    start = k
+    out = {"loss": float(ce_sum.sum() / count.sum()), "token_acc": correct / float(count.sum()),
+           "targets": int(count.sum()), "batches": batches}  # fmt: skip
+    for i, name in enumerate(OBJECTIVES):
+        if count[i] > 0:
+            out[f"loss/{name}"] = float(ce_sum[i] / count[i])
+    if cfg.corrupt.objective != "causal_lm":
+        out.update(short_span_em=exact / max(spans, 1), short_spans=spans)
+    return out
+
+
+def heldout_files(shared: Path, test_files: list[str], smoke: bool) -> tuple[Path, Path]:
+    """held-out.txt (the first 30 paragraphs of every test document) and a LAMBADA-style jsonl
+    of held-out paragraphs (>= 12 words, trailing punctuation cut so the text ends in a word)."""
+    text_path, lw_path = shared / "heldout.txt", shared / "heldout_lastword.jsonl"
+    if text_path.is_file() and lw_path.is_file():
+        return text_path, lw_path
+    paras_all, lastword = [], []
+    for f in test_files:
+        paras = [p.strip() for p in Path(f).read_text(encoding="utf-8").split("\n\n") if p.strip()]
+        paras_all += paras[:30]
+        for p in paras:
+            p = re.sub(r"[^A-Za-z]+$", "", " ".join(p.split()))
+            words = p.split(" ")
+            if len(words) >= 12 and words[-1].isalpha() and len(words[-1]) >= 2:
+                lastword.append(p)
+    random.Random(0).shuffle(lastword)
+    lastword = lastword[: 16 if smoke else 500]
+    text_path.write_text("\n\n".join(paras_all) + "\n", encoding="utf-8")
+    lw_path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lastword), encoding="utf-8")
+    return text_path, lw_path
+
+
+def evaluate_variant(rd: Path, letter: str, shared: Path, data_root: Path, smoke: bool) -> None:
+    path = rd / "eval.json"
+    if path.is_file():
+        return
+    from blankfill.finetune import lm
+
+    t0 = time.perf_counter()
+    model, tokenizer, cfg = load_run(rd)
+    say(f"eval ({letter}) {rd.name}")
+    prepared = json.loads((shared / "prepared.json").read_text())
+    text_path, lw_path = heldout_files(shared, prepared["files"]["test"], smoke)
+    out: dict = {"variant": letter, "infill": infill(model, cfg, shared, 2 if smoke else 40)}
+    kind = cfg.corrupt.objective
+    if kind == "masked_lm":
+        out["generation"] = "n/a: a masked LM has no left-to-right generation"
+    else:
+        uni = kind == "causal_lm"
+        tok, blank = (tokenizer, "causal") if uni else _with_blank(tokenizer, cfg)
+        out["lm_mode"] = blank
+        limit = 4 if smoke else 400
+        out["ppl_heldout"] = lm.perplexity(model, tok, text_path, stride=64, max_seq_len=128,
+                                           unidirectional=uni, limit=limit)  # fmt: skip
+        wt2 = data_root / "benchmarks" / "wikitext-2" / "valid.txt"
+        if wt2.is_file():
+            out["ppl_wikitext2"] = lm.perplexity(model, tok, wt2, stride=64, max_seq_len=128,
+                                                 unidirectional=uni, limit=limit)  # fmt: skip
+        out["lastword"] = lm.lambada(model, tok, lw_path, unidirectional=uni, max_seq_len=128)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(path, out)
+
+
+def _records(task, data_root: Path, smoke: bool) -> tuple[list, list]:
+    tr, va = FT_TASKS[task.name]
+    train = task.load(data_root / "benchmarks" / tr)
+    valid = task.load(data_root / "benchmarks" / va)
+    if task.name == "sst2":
+        train = random.Random(0).sample(train, min(SST2_TRAIN, len(train)))
+    if smoke:
+        train, valid = train[:16], valid[:16]
+    return train, valid
+
+
+def finetune_variant(rd: Path, letter: str, data_root: Path, smoke: bool, *, seeds: int) -> None:
+    """Cloze (and classifier-head) fine-tuning; one entry per task, head and seed."""
+    path = rd / "finetune.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    from blankfill.config import load_finetune_config
+    from blankfill.finetune.runner import finetune_cloze
+    from blankfill.finetune.tasks import get_task
+
+    _, _, cfg = load_run(rd)
+    kind = cfg.corrupt.objective
+    if kind == "causal_lm":
+        jobs = []  # the paper compares GLM with GPT on generation only
+        done["note"] = "n/a: NLU is compared between GLM and BERT (the causal LM is for generation)"
+    elif kind == "masked_lm":
+        jobs = [(t, "classifier") for t in ("sst2", "cb")]  # COPA has per-example candidates
+    else:
+        jobs = [(t, "cloze") for t in FT_TASKS]
+        if letter == "a":
+            jobs += [(t, "classifier") for t in ("sst2", "cb")]
+    for task_name, head in jobs:
+        for seed in range(1, seeds + 1):
+            key = f"{task_name}/{head}/seed{seed}"
+            if key in done:
+                continue
+            task = get_task(task_name)
+            model, tokenizer, _ = load_run(rd)
+            train, valid = _records(task, data_root, smoke)
+            ft = load_finetune_config(None, [
+                f"finetune.head={head}", f"finetune.seed={seed}", "finetune.device=cpu",
+                f"finetune.epochs={1 if smoke else FT_EPOCHS[task_name]}",
+                "finetune.batch_size=16", "finetune.max_seq_len=128", "optim.lr=1e-4",
+            ])  # fmt: skip
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            res = finetune_cloze(model, tokenizer, task, train, valid, ft)
+            hist = res["history"]
+            done[key] = {"best": res["best"], "best_epoch": res["best_epoch"],
+                         "last": {k: v for k, v in hist[-1].items() if k not in ("step",)},
+                         "train": len(train), "valid": len(valid),
+                         "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            say(f"finetune ({letter}) {key}: best {res['best']} (epoch {res['best_epoch']})")
+            write_json(path, done)
+    write_json(path, done)
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _mean_sd(xs: list[float]) -> str:
+    if not xs:
+        return "–"
+    m = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return f"{m:.3f}"
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    return f"{m:.3f} ± {sd:.3f}"
+
+
+def report(out: Path, variants: dict) -> None:
+    """results.json (everything measured) and tables.md, plus loss-curve PNGs under plots/."""
+    rows: dict[str, list[dict]] = {}
+    for rd in sorted(out.glob("*-s[0-9]*")):
+        letter = rd.name.split("-")[0]
+        if letter not in variants or not (rd / "pretrain.json").is_file():
+            continue
+        entry = {"run": rd.name, "pretrain": json.loads((rd / "pretrain.json").read_text())}
+        for name in ("eval", "finetune"):
+            if (rd / f"{name}.json").is_file():
+                entry[name] = json.loads((rd / f"{name}.json").read_text())
+        rows.setdefault(letter, []).append(entry)
+    if not rows:
+        say("report: no finished runs yet")
+        return
+    write_json(out / "results.json", rows)
+    lines = _tables(rows, variants)
+    (out / "tables.md").write_text("\n".join(lines) + "\n")
+    _plots(out, rows, variants)
+    print("\n".join(lines))
+
+
+def _get(entry: dict, *keys):
+    v = entry
+    for k in keys:
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return v
+
+
+def _tables(rows: dict, variants: dict) -> list[str]:
+    lines = ["| variant | seeds | held-out target loss | token acc | short-span EM | "
+             "ppl held-out | ppl WikiText-2 | last-word acc | LM mode |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for letter, entries in sorted(rows.items()):
+
+        def col(*keys, entries=entries):
+            return _mean_sd([v for e in entries if (v := _get(e, "eval", *keys)) is not None])
+
+        mode = next((m for e in entries if (m := _get(e, "eval", "lm_mode"))), "n/a")
+        lines.append(
+            f"| ({letter}) {variants[letter][0]} | {len(entries)} | {col('infill', 'loss')} | "
+            f"{col('infill', 'token_acc')} | {col('infill', 'short_span_em')} | "
+            f"{col('ppl_heldout', 'ppl')} | {col('ppl_wikitext2', 'ppl')} | "
+            f"{col('lastword', 'accuracy')} | {mode} |"
+        )
+    lines += ["", "| variant | task | head | seeds × pretrain seeds | best-epoch acc | "
+              "last-epoch acc | CB macro-F1 (best) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for letter, entries in sorted(rows.items()):
+        keys = sorted({k.rsplit("/", 1)[0] for e in entries for k in e.get("finetune", {})
+                       if "/" in k})  # fmt: skip
+        for key in keys:
+            runs = [v for e in entries for k, v in e.get("finetune", {}).items()
+                    if k.rsplit("/", 1)[0] == key]  # fmt: skip
+            best = [r["best"]["accuracy"] for r in runs if "accuracy" in r["best"]]
+            last = [r["last"]["accuracy"] for r in runs if "accuracy" in r["last"]]
+            f1 = [r["best"]["f1_macro"] for r in runs if "f1_macro" in r["best"]]
+            task, head = key.split("/")
+            lines.append(f"| ({letter}) {variants[letter][0]} | {task} | {head} | {len(runs)} | "
+                         f"{_mean_sd(best)} | {_mean_sd(last)} | {_mean_sd(f1)} |")  # fmt: skip
+    return lines
+
+
+def _plots(out: Path, rows: dict, variants: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("report: no matplotlib, no plots (pip install 'blankfill[plot]')")
+        return
+    from blankfill.train.metrics import METRICS_NAME, read_metrics
+
+    (out / "plots").mkdir(exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for letter, entries in sorted(rows.items()):
+        for e in entries:
+            m = read_metrics(out / e["run"] / METRICS_NAME)
+            for ax, key in zip(axes, ("loss", "valid/loss"), strict=True):
+                pts = [(r["step"], r[key]) for r in m if key in r]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), label=f"({letter}) {variants[letter][0]}",
+                            marker="o" if key != "loss" else None, linewidth=1)  # fmt: skip
+    for ax, title in zip(axes, ("training target loss", "validation target loss"), strict=True):
+        ax.set_title(title + " (each variant on its own objective)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats / target token")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "loss_curves.png", dpi=80)
+    plt.close(fig)
