@@ -9,8 +9,8 @@ Per model (``eval.json`` in its run folder):
   windows of 128, stride 64) on held-out documents and WikiText-2 valid: GLM through its
   generation blank (``[gMASK]`` when it was trained, else ``[MASK]``), the causal LM causally;
 - ``lastword``: LAMBADA-style accuracy (``finetune.lm.lambada``) on held-out paragraphs.
-Per model and seed (``finetune.json``): cloze fine-tuning on SST-2 (a fixed 1,000-sentence
-subsample; dev: all 872), CB and COPA; the classifier head for the masked LM (BERT's way) and, as
+Per model and seed (``finetune.json``): cloze fine-tuning on SST-2 (fixed subsamples: 500
+training, 300 dev sentences), CB and COPA (all of train and val); the classifier head for the masked LM (BERT's way) and, as
 the ablation, for GLM (a).
 """
 
@@ -34,8 +34,8 @@ FT_TASKS = {  # task -> (train file, valid file) under benchmarks/
     "cb": ("superglue/CB/train.jsonl", "superglue/CB/val.jsonl"),
     "copa": ("superglue/COPA/train.jsonl", "superglue/COPA/val.jsonl"),
 }
-FT_EPOCHS = {"sst2": 2, "cb": 8, "copa": 8}
-SST2_TRAIN = 1000  # the fixed SST-2 subsample (seed 0)
+FT_EPOCHS = {"sst2": 2, "cb": 5, "copa": 5}
+SST2_TRAIN, SST2_DEV = 500, 300  # the fixed SST-2 subsamples (seed 0)
 
 
 def load_run(rd: Path):
@@ -129,7 +129,7 @@ def heldout_files(shared: Path, test_files: list[str], smoke: bool) -> tuple[Pat
             if len(words) >= 12 and words[-1].isalpha() and len(words[-1]) >= 2:
                 lastword.append(p)
     random.Random(0).shuffle(lastword)
-    lastword = lastword[: 16 if smoke else 500]
+    lastword = lastword[: 16 if smoke else 300]
     text_path.write_text("\n\n".join(paras_all) + "\n", encoding="utf-8")
     lw_path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lastword), encoding="utf-8")
     return text_path, lw_path
@@ -154,7 +154,7 @@ def evaluate_variant(rd: Path, letter: str, shared: Path, data_root: Path, smoke
         uni = kind == "causal_lm"
         tok, blank = (tokenizer, "causal") if uni else _with_blank(tokenizer, cfg)
         out["lm_mode"] = blank
-        limit = 4 if smoke else 400
+        limit = 4 if smoke else 200
         out["ppl_heldout"] = lm.perplexity(model, tok, text_path, stride=64, max_seq_len=128,
                                            unidirectional=uni, limit=limit)  # fmt: skip
         wt2 = data_root / "benchmarks" / "wikitext-2" / "valid.txt"
@@ -172,6 +172,7 @@ def _records(task, data_root: Path, smoke: bool) -> tuple[list, list]:
     valid = task.load(data_root / "benchmarks" / va)
     if task.name == "sst2":
         train = random.Random(0).sample(train, min(SST2_TRAIN, len(train)))
+        valid = random.Random(0).sample(valid, min(SST2_DEV, len(valid)))
     if smoke:
         train, valid = train[:16], valid[:16]
     return train, valid

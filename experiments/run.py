@@ -139,6 +139,14 @@ def measure_speed(out: Path, vocab: int) -> float:
     return spm
 
 
+def threads() -> int:
+    """Torch threads: the idle cores (more threads than free cores make small matrix products
+    many times slower on a shared machine; README, The demo)."""
+    from blankfill.demo import free_cores
+
+    return free_cores()
+
+
 def run_dir(out: Path, letter: str, seed: int) -> Path:
     return out / f"{letter}-{VARIANTS[letter][0]}-s{seed}"
 
@@ -173,7 +181,7 @@ def pretrain(out: Path, letter: str, seed: int, steps: int, vocab: int) -> Path:
            "auto", *(f"--{o}" for o in ov)]  # fmt: skip
     say(f"pretrain ({letter}) {VARIANTS[letter][1]}, seed {seed}: {steps} steps -> {rd}")
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": str(threads())}
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0 or finished_step(rd) < steps:
         raise SystemExit(f"pretrain ({letter}) stopped (exit {proc.returncode}); run again to "
@@ -223,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
               "(pass --data DIR holding corpus/ and benchmarks/)")  # fmt: skip
         return 0
     import evaluation  # experiments/evaluation.py (next to this file)
+    import torch
+
+    torch.set_num_threads(threads())
 
     if report_only:
         evaluation.report(out, VARIANTS)
@@ -249,5 +260,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
+    sys.path[:0] = [str(HERE), str(REPO / "src")]
     sys.exit(main())
