@@ -252,7 +252,7 @@ def report(out: Path, variants: dict) -> None:
         say("report: no finished runs yet")
         return
     write_json(out / "results.json", rows)
-    lines = _tables(rows, variants)
+    lines = _tables(rows, variants) + [""] + _claims(rows)
     (out / "tables.md").write_text("\n".join(lines) + "\n")
     _plots(out, rows, variants)
     print("\n".join(lines))
@@ -330,3 +330,87 @@ def _plots(out: Path, rows: dict, variants: dict) -> None:
     fig.tight_layout()
     fig.savefig(out / "plots" / "loss_curves.png", dpi=80)
     plt.close(fig)
+
+
+def _per_run(rows: dict, letter: str, fn) -> list[float]:
+    """fn(entry) for every run of a variant, skipping runs where it is None."""
+    return [v for e in rows.get(letter, []) if (v := fn(e)) is not None]
+
+
+def _nlu(tasks: tuple[str, ...], head: str):
+    """Mean best-epoch accuracy over ``tasks`` of one run (None unless all of them finished)."""
+
+    def fn(e: dict) -> float | None:
+        accs = []
+        for t in tasks:
+            got = [v["best"]["accuracy"] for k, v in e.get("finetune", {}).items()
+                   if k.startswith(f"{t}/{head}/")]  # fmt: skip
+            if not got:
+                return None
+            accs.append(sum(got) / len(got))
+        return sum(accs) / len(accs)
+
+    return fn
+
+
+def _ev(*keys):
+    return lambda e: _get(e, "eval", *keys)
+
+
+#: (claim, paper's direction, metric name, higher is better, variant x, fn x, variant y, fn y):
+#: the paper says x beats y.
+CLAIMS = [
+    ("span shuffling helps NLU (Table 6: 77.0 vs 68.5 without)", "NLU acc (SST-2, CB, COPA)",
+     True, "a", _nlu(("sst2", "cb", "copa"), "cloze"), "c", _nlu(("sst2", "cb", "copa"), "cloze")),
+    ("one [MASK] beats sentinels on NLU (Table 6: 77.0 vs 76.0)", "NLU acc (SST-2, CB, COPA)",
+     True, "a", _nlu(("sst2", "cb", "copa"), "cloze"), "e", _nlu(("sst2", "cb", "copa"), "cloze")),
+    ("2D positions help LM (Fig. 4: lower ppl without 1D)", "held-out infilling loss",
+     False, "a", _ev("infill", "loss"), "d", _ev("infill", "loss")),
+    ("2D positions help LM (Fig. 4: higher LAMBADA acc)", "last-word acc",
+     True, "a", _ev("lastword", "accuracy"), "d", _ev("lastword", "accuracy")),
+    ("GLM beats BERT on NLU (Table 1: 70.7 vs 66.1 Base)", "NLU acc (SST-2, CB)",
+     True, "a", _nlu(("sst2", "cb"), "cloze"), "f", _nlu(("sst2", "cb"), "classifier")),
+    ("cloze beats a classifier head (Table 6: 77.0 vs 70.0)", "NLU acc (SST-2, CB)",
+     True, "a", _nlu(("sst2", "cb"), "cloze"), "a", _nlu(("sst2", "cb"), "classifier")),
+    ("multi-task GLM generates far better than token-only (Fig. 4: ppl > 100 without)",
+     "ppl held-out docs", False, "b", _ev("ppl_heldout", "ppl"), "a", _ev("ppl_heldout", "ppl")),
+    ("token-only GLM is (slightly) better on NLU (GLM-Doc 75.7 vs GLM-Large 77.0)",
+     "NLU acc (SST-2, CB, COPA)", True, "a", _nlu(("sst2", "cb", "copa"), "cloze"), "b",
+     _nlu(("sst2", "cb", "copa"), "cloze")),
+    ("GPT beats GLM-Doc on LM at equal size (Fig. 4; GLM needs ~1.2x the size)",
+     "ppl WikiText-2", False, "g", _ev("ppl_wikitext2", "ppl"), "b", _ev("ppl_wikitext2", "ppl")),
+    ("GPT beats GLM-Doc on LM at equal size (Fig. 4)", "ppl held-out docs", False, "g",
+     _ev("ppl_heldout", "ppl"), "b", _ev("ppl_heldout", "ppl")),
+    ("GLM with bidirectional context beats GPT on last-word prediction (Fig. 4, LAMBADA)",
+     "last-word acc", True, "b", _ev("lastword", "accuracy"), "g", _ev("lastword", "accuracy")),
+]  # fmt: skip
+
+
+def _sd(xs: list[float]) -> float:
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+
+
+def _claims(rows: dict) -> list[str]:
+    """Each claim: the paper's winner x vs y, our difference and a mechanical first verdict."""
+    lines = ["| claim (paper: x beats y) | metric | x | y | x − y | seeds | first verdict |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for claim, metric, higher, lx, fx, ly, fy in CLAIMS:
+        xs, ys = _per_run(rows, lx, fx), _per_run(rows, ly, fy)
+        if not xs or not ys:
+            lines.append(f"| {claim} | {metric} | ({lx}) | ({ly}) | – | – | not run |")
+            continue
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        diff = mx - my
+        noise = 2 * math.sqrt(_sd(xs) ** 2 / len(xs) + _sd(ys) ** 2 / len(ys))
+        seeds = f"{len(xs)} / {len(ys)}"
+        if min(len(xs), len(ys)) < 2:
+            verdict = "too small to tell (one seed)"
+        elif abs(diff) <= noise:
+            verdict = f"too small to tell (|diff| <= 2 s.e. = {noise:.3g})"
+        else:
+            verdict = "holds" if (diff > 0) == higher else "does not hold"
+            verdict += f" (|diff| > 2 s.e. = {noise:.3g})"
+        lines.append(f"| {claim} | {metric} | ({lx}) {_mean_sd(xs)} | ({ly}) {_mean_sd(ys)} | "
+                     f"{diff:+.3f} | {seeds} | {verdict} |")  # fmt: skip
+    return lines
