@@ -313,14 +313,16 @@ def _plots(out: Path, rows: dict, variants: dict) -> None:
 
     (out / "plots").mkdir(exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for letter, entries in sorted(rows.items()):
-        for e in entries:
+    styles = dict(zip(variants, ("-", "--", ":", "-.", "-", "--", ":"), strict=True))
+    for i, (letter, entries) in enumerate(sorted(rows.items())):
+        for j, e in enumerate(entries):
             m = read_metrics(out / e["run"] / METRICS_NAME)
             for ax, key in zip(axes, ("loss", "valid/loss"), strict=True):
                 pts = [(r["step"], r[key]) for r in m if key in r]
                 if pts:
-                    ax.plot(*zip(*pts, strict=True), label=f"({letter}) {variants[letter][0]}",
-                            marker="o" if key != "loss" else None, linewidth=1)  # fmt: skip
+                    label = f"({letter}) {variants[letter][0]}" if j == 0 else None
+                    ax.plot(*zip(*pts, strict=True), styles[letter], color=f"C{i}", label=label,
+                            marker="o" if key != "loss" else None, linewidth=1, alpha=0.8)  # fmt: skip
     for ax, title in zip(axes, ("training target loss", "validation target loss"), strict=True):
         ax.set_title(title + " (each variant on its own objective)")
         ax.set_xlabel("step")
