@@ -277,8 +277,9 @@ def _tables(rows: dict, variants: dict) -> list[str]:
             return _mean_sd([v for e in entries if (v := _get(e, "eval", *keys)) is not None])
 
         mode = next((m for e in entries if (m := _get(e, "eval", "lm_mode"))), "n/a")
+        n = sum("eval" in e for e in entries)
         lines.append(
-            f"| ({letter}) {variants[letter][0]} | {len(entries)} | {col('infill', 'loss')} | "
+            f"| ({letter}) {variants[letter][0]} | {n} | {col('infill', 'loss')} | "
             f"{col('infill', 'token_acc')} | {col('infill', 'short_span_em')} | "
             f"{col('ppl_heldout', 'ppl')} | {col('ppl_wikitext2', 'ppl')} | "
             f"{col('lastword', 'accuracy')} | {mode} |"
