@@ -2,7 +2,8 @@
 
 Per model (``eval.json`` in its run folder):
 - ``infill``: on the corpus's test split, corrupted by the model's own ``corrupt`` section (the
-  same text windows for every model): target loss (total, per objective), token accuracy, and the
+  same text windows for every model): target loss (total, per objective), token accuracy (of all
+  targets, and of the text tokens alone, without the easy [eop] that closes each span), and the
   exact match of short spans (<= 3 tokens; every token argmax-correct, which under teacher forcing
   equals greedy decoding for the autoregressive Part B; the masked LM predicts its tokens at once);
 - ``ppl_heldout`` / ``ppl_wikitext2``: sliding-window perplexity (``finetune.lm.perplexity``,
@@ -73,7 +74,7 @@ def infill(model, cfg, shared: Path, batches: int) -> dict:
     mlm = cfg.corrupt.objective == "masked_lm"
     ce_sum = torch.zeros(len(OBJECTIVES), dtype=torch.float64)
     count = torch.zeros(len(OBJECTIVES), dtype=torch.float64)
-    correct = spans = exact = 0
+    correct = spans = exact = content = content_ok = 0
     for step in range(batches):
         batch = loader.batch(step)
         logits = head(batch).float()  # [N, V]
@@ -84,6 +85,9 @@ def infill(model, cfg, shared: Path, batches: int) -> dict:
         count.index_add_(0, obj, torch.ones_like(ce, dtype=torch.float64))
         ok = logits.argmax(-1) == labels  # [N]
         correct += int(ok.sum())
+        text = labels != special.eop  # the span tokens themselves (an [eop] is easy to predict)
+        content += int(text.sum())
+        content_ok += int(ok[text].sum())
         # spans: GLM Part B closes each span with an [eop] label; the masked LM's are runs
         row = torch.nonzero(sel)  # [N, 2] (b, t) in the same order as the targets
         k = 0
@@ -104,7 +108,8 @@ def infill(model, cfg, shared: Path, batches: int) -> dict:
                         exact += int(ok[start:k].all())
                     start = k
     out = {"loss": float(ce_sum.sum() / count.sum()), "token_acc": correct / float(count.sum()),
-           "targets": int(count.sum()), "batches": batches}  # fmt: skip
+           "text_token_acc": content_ok / max(content, 1), "targets": int(count.sum()),
+           "batches": batches}  # fmt: skip
     for i, name in enumerate(OBJECTIVES):
         if count[i] > 0:
             out[f"loss/{name}"] = float(ce_sum[i] / count[i])
@@ -268,9 +273,9 @@ def _get(entry: dict, *keys):
 
 
 def _tables(rows: dict, variants: dict) -> list[str]:
-    lines = ["| variant | seeds | held-out target loss | token acc | short-span EM | "
+    lines = ["| variant | seeds | held-out target loss | token acc | text-token acc | short-span EM | "
              "ppl held-out | ppl WikiText-2 | last-word acc | LM mode |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for letter, entries in sorted(rows.items()):
 
         def col(*keys, entries=entries):
@@ -280,7 +285,8 @@ def _tables(rows: dict, variants: dict) -> list[str]:
         n = sum("eval" in e for e in entries)
         lines.append(
             f"| ({letter}) {variants[letter][0]} | {n} | {col('infill', 'loss')} | "
-            f"{col('infill', 'token_acc')} | {col('infill', 'short_span_em')} | "
+            f"{col('infill', 'token_acc')} | {col('infill', 'text_token_acc')} | "
+            f"{col('infill', 'short_span_em')} | "
             f"{col('ppl_heldout', 'ppl')} | {col('ppl_wikitext2', 'ppl')} | "
             f"{col('lastword', 'accuracy')} | {mode} |"
         )
