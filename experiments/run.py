@@ -157,7 +157,7 @@ def base_overrides(out: Path, letter: str, steps: int, vocab: int, seed: int = 1
           f"model.vocab_size={model_vocab(vocab)}", f"train.seed={seed}",
           f"data.seed={1000 + seed}"]  # fmt: skip
     if steps:
-        every = max(1, steps // 5)
+        every = max(1, steps // 5) if steps >= 10 else steps  # a smoke run: once, at the end
         ov += [f"train.max_steps={steps}", f"train.save_every={every}",
                f"train.eval_every={every}", f"log.every={max(1, min(25, steps // 40))}"]  # fmt: skip
     if letter in VARIANTS:
