@@ -187,7 +187,16 @@ def finetune_variant(rd: Path, letter: str, data_root: Path, smoke: bool, *, see
     """Cloze (and classifier-head) fine-tuning; one entry per task, head and seed."""
     path = rd / "finetune.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
-    from blankfill.config import load_finetune_config
+    from blankfill.config import FinetuneRunConfig
+
+    try:  # before the architecture refactor (issue 10) fine-tuning had its own loader
+        from blankfill.config import load_finetune_config
+    except ImportError:  # after it, load_config keeps each section's own defaults
+        from blankfill.config import load_config
+
+        def load_finetune_config(path, overrides):
+            return load_config(FinetuneRunConfig, path, overrides)
+
     from blankfill.finetune.runner import finetune_cloze
     from blankfill.finetune.tasks import get_task
 
