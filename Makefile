@@ -19,14 +19,14 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[dev,eval,plot]"
+	$(PY) -m pip install -q -e ".[dev,eval,plot,serve,harness,sentencepiece,browser]"
 	touch $@
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m blankfill.demo
+	$(PY) -m blankfill demo
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks experiments

@@ -17,11 +17,12 @@ import time
 
 import torch
 
-from blankfill.config import CorruptConfig, DataConfig, preset
+from blankfill.config import CorruptConfig, DataConfig
 from blankfill.data.loader import PretrainLoader
 from blankfill.data.pack import collate_pack, collate_pad
 from blankfill.data.store import TokenStore
 from blankfill.model import GLM, count_parameters
+from blankfill.presets import preset
 
 
 def data_rate(store: TokenStore, mix: str, layout: str, seq_len: int, seconds: float) -> dict:

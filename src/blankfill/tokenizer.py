@@ -27,77 +27,37 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from itertools import chain
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from . import spm
 from .config import pad_vocab
+from .special_tokens import (
+    _VOCAB_TEXT,
+    FORMAT,
+    ROLE_TEXT,
+    ROLES,
+    SPECIAL_FILE,
+    TOKENIZER_FILE,
+    TRAINED_SPECIALS,
+    SpecialTokens,
+)
+from .vocab_files import (
+    _added,
+    _append,
+    _byte_bpe,
+    _existing_file,
+    _index,
+    _read_bpe,
+    _require,
+    _training_source,
+)
 
-Kind = Literal["bpe", "bert", "gpt2", "roberta"]
-
-ROLES = ("pad", "eos", "cls", "mask", "smask", "gmask", "sop", "eop", "sep", "unk")
-# Text of each role as GLM writes it (official CommandToken names).
-ROLE_TEXT = {
-    "pad": "<|endoftext|>",
-    "eos": "<|endoftext|>",
-    "cls": "[CLS]",
-    "mask": "[MASK]",
-    "smask": "[sMASK]",
-    "gmask": "[gMASK]",
-    "sop": "<|startofpiece|>",
-    "eop": "<|endofpiece|>",
-    "sep": "[SEP]",
-    "unk": "[UNK]",
-}
-# Token order of a trained BPE: these take ids 0..8 (pad = eos = 0, so zero padding is eos).
-TRAINED_SPECIALS = tuple(dict.fromkeys(ROLE_TEXT[r] for r in ("eos", *ROLES[2:])))
-# Role -> its text in each official vocabulary, where it differs from GLM's (spec §2 table).
-_VOCAB_TEXT: dict[str, dict[str, str]] = {
-    "bert": {**ROLE_TEXT, "pad": "[PAD]", "eos": "[PAD]"},
-    "gpt2": ROLE_TEXT,
-    "roberta": {
-        **ROLE_TEXT,
-        "pad": "</s>",
-        "eos": "</s>",
-        "sep": "</s>",
-        "cls": "<s>",
-        "mask": "<mask>",
-        "unk": "<unk>",
-    },
-}
-_LSTRIP = frozenset({"[MASK]", "[sMASK]", "[gMASK]", "<mask>"})  # official lstrip=True
-TOKENIZER_FILE = "tokenizer.json"
-SPECIAL_FILE = "special_tokens.json"
-FORMAT = "blankfill-tokenizer/1"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SpecialTokens:
-    """Ids of GLM's command tokens (spec §2); ``smask``/``gmask`` are None without task masks."""
-
-    pad: int  # padding id (rows are padded with it after Part B)
-    eos: int  # end of document
-    cls: int  # first token of Part A (official ENC)
-    mask: int  # [MASK]: token-level blank
-    sop: int  # <|startofpiece|>: opens a span in Part B
-    eop: int  # <|endofpiece|>: closes a span in Part B
-    sep: int  # [SEP]
-    unk: int  # [UNK]
-    smask: int | None = None  # [sMASK]: sentence-level blank
-    gmask: int | None = None  # [gMASK]: document-level blank
-
-    @property
-    def mask_ids(self) -> tuple[int, ...]:
-        """The blank ids present, in the order [MASK], [sMASK], [gMASK]."""
-        return tuple(i for i in (self.mask, self.smask, self.gmask) if i is not None)
-
-    def to_dict(self) -> dict[str, int | None]:
-        return asdict(self)
+Kind = Literal["bpe", "bert", "gpt2", "roberta", "sentencepiece"]
 
 
 class Tokenizer:
@@ -188,6 +148,8 @@ class Tokenizer:
         _require(vocab, ("<s>", "</s>", "<unk>", "<mask>"), Path(vocab_json))
         vocab = _append(vocab, ["<|startofpiece|>", "<|endofpiece|>"], Path(vocab_json))
         return cls._assemble(_byte_bpe(vocab, merges), vocab, "roberta")
+
+    from_sentencepiece = classmethod(spm.from_sentencepiece)  # the Chinese GLMs (spec §2)
 
     @classmethod
     def _assemble(cls, backend: Backend, vocab: dict[str, int], kind: Kind) -> Tokenizer:
@@ -343,46 +305,6 @@ def train_tokenizer(
     return Tokenizer(backend, special, kind="bpe")
 
 
-def _training_source(source: Any) -> tuple[list[Path] | None, Iterator[str] | None]:
-    """Split the training input into a list of files or a stream of texts (see train_tokenizer)."""
-    if isinstance(source, (str, os.PathLike)):
-        return _expand_files([source]), None
-    items = iter(source)
-    first = next(items, None)
-    if first is None:
-        raise ValueError("train_tokenizer got no training text (an empty list of files/texts)")
-    if isinstance(first, os.PathLike):
-        return _expand_files(chain([first], items)), None
-
-    def texts() -> Iterator[str]:
-        for item in chain([first], items):
-            if not isinstance(item, str):
-                raise TypeError(f"train_tokenizer: expected str texts, got {type(item).__name__}")
-            yield item
-
-    return None, texts()
-
-
-def _expand_files(paths: Iterable[Any]) -> list[Path]:
-    files: list[Path] = []
-    for p in paths:
-        if not isinstance(p, (str, os.PathLike)):
-            raise TypeError(f"train_tokenizer: expected paths, got {type(p).__name__}")
-        p = Path(p)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*.txt") if f.is_file())
-            if not found:
-                raise ValueError(f"tokenizer training folder {p} holds no *.txt files")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ValueError(f"tokenizer training file {p} does not exist; check the path")
-    if not files:
-        raise ValueError("train_tokenizer got no training files")
-    return files
-
-
 # ---- loading ---------------------------------------------------------------------------------
 
 
@@ -392,7 +314,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     Reads ``tokenizer.json`` + ``special_tokens.json`` (written by :meth:`Tokenizer.save`); a
     folder with only official files loads them instead: ``vocab.txt`` (BERT, no task masks), or
     ``vocab.json`` + ``merges.txt`` (RoBERTa when the vocabulary has ``<mask>``, else GPT-2 with
-    task masks).
+    task masks), or the Chinese GLMs' SentencePiece ``cog-pretrain.model``.
     """
     path = Path(path)
     if not path.is_dir():
@@ -408,9 +330,11 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         return Tokenizer.from_gpt2_files(path / "vocab.json", path / "merges.txt")
     if (path / TOKENIZER_FILE).is_file():
         return _load_saved(path)  # an error naming the missing special_tokens.json
+    if (model := spm.find_model_file(path)) is not None:
+        return Tokenizer.from_sentencepiece(model)
     raise ValueError(
         f"no tokenizer in {path}: expected {TOKENIZER_FILE} + {SPECIAL_FILE} "
-        "(Tokenizer.save), vocab.txt (BERT) or vocab.json + merges.txt (GPT-2/RoBERTa)"
+        "(Tokenizer.save), vocab.txt, vocab.json + merges.txt or a SentencePiece *.model"
     )
 
 
@@ -422,7 +346,7 @@ def _load_saved(path: Path) -> Tokenizer:
                 f"{TOKENIZER_FILE} and {SPECIAL_FILE} (re-save it with Tokenizer.save)"
             )
     try:
-        backend = Backend.from_file(str(path / TOKENIZER_FILE))
+        backend = spm.read_backend(path / TOKENIZER_FILE, Backend.from_file)
     except Exception as e:  # the Rust error type is not exported
         raise ValueError(
             f"{path / TOKENIZER_FILE} is not a valid tokenizer file: "
@@ -442,85 +366,6 @@ def _load_saved(path: Path) -> Tokenizer:
             f"{TOKENIZER_FILE} has {tok.vocab_size}; the two files do not belong together"
         )
     return tok
-
-
-# ---- helpers ---------------------------------------------------------------------------------
-
-
-def _added(text: str) -> AddedToken:
-    return AddedToken(text, special=True, normalized=False, lstrip=text in _LSTRIP)
-
-
-def _existing_file(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} file {path} does not exist; check the path")
-    return path
-
-
-def _index(tokens: list[str], path: Path) -> dict[str, int]:
-    vocab: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        if t in vocab:
-            raise ValueError(f"{path}: token {t!r} appears twice (ids {vocab[t]} and {i})")
-        vocab[t] = i
-    return vocab
-
-
-def _require(vocab: dict[str, int], tokens: Sequence[str], path: Path) -> None:
-    missing = [t for t in tokens if t not in vocab]
-    if missing:
-        raise ValueError(
-            f"{path} lacks the special token(s) {', '.join(missing)}; "
-            "is it the right kind of vocabulary?"
-        )
-
-
-def _append(vocab: dict[str, int], tokens: Sequence[str], path: Path) -> dict[str, int]:
-    """Append GLM's command tokens after the base vocabulary (official order, spec §2)."""
-    clash = [t for t in tokens if t in vocab]
-    if clash:
-        raise ValueError(
-            f"{path} already contains {', '.join(clash)}; pass the base vocabulary "
-            "without GLM's command tokens (they are appended with the official ids)"
-        )
-    return vocab | {t: len(vocab) + k for k, t in enumerate(tokens)}
-
-
-def _read_bpe(
-    vocab_json: str | os.PathLike, merges_txt: str | os.PathLike
-) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    vpath = _existing_file(vocab_json, "BPE vocab.json")
-    mpath = _existing_file(merges_txt, "BPE merges.txt")
-    try:
-        vocab = json.loads(vpath.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{vpath} is not valid JSON ({e})") from e
-    if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
-        raise ValueError(f"{vpath} must be a JSON object mapping token -> integer id")
-    if sorted(vocab.values()) != list(range(len(vocab))):
-        raise ValueError(f"{vpath}: ids must be exactly 0..{len(vocab) - 1}, each once")
-    merges = []
-    for n, line in enumerate(mpath.read_text(encoding="utf-8").split("\n"), 1):
-        line = line.rstrip("\r")
-        if not line or (n == 1 and line.startswith("#version")):
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2:
-            raise ValueError(f"{mpath}:{n}: a merge is two tokens separated by one space")
-        merges.append((parts[0], parts[1]))
-    return vocab, merges
-
-
-def _byte_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Backend:
-    try:
-        model = models.BPE(vocab, merges)
-    except Exception as e:  # e.g. a merge whose token is not in the vocabulary
-        raise ValueError(f"vocab.json and merges.txt do not fit together: {e}") from e
-    backend = Backend(model)
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return backend
 
 
 __all__ = ["ROLES", "ROLE_TEXT", "SpecialTokens", "Tokenizer", "load_tokenizer", "train_tokenizer"]

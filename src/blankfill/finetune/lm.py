@@ -127,6 +127,26 @@ def lambada(
             "mode": "unidirectional" if unidirectional else "bidirectional"}  # fmt: skip
 
 
+def sliding_windows(
+    ids: Sequence[int], max_len: int, stride: int
+) -> list[tuple[list[int], list[int]]]:
+    """(context, scored tokens) windows over ``ids``: every token but the first is scored once.
+
+    Each window scores up to ``stride`` tokens (at most ``max_len // 2``) given up to
+    ``max_len - 1 - stride`` tokens before them, which leaves room for the blank; the first
+    window predicts from one context token (spec §4.3).
+    """
+    stride = min(stride, max_len // 2)
+    context_size = max_len - 1 - stride
+    windows, start = [], 1
+    while start < len(ids):
+        windows.append(
+            (list(ids[max(0, start - context_size) : start]), list(ids[start : start + stride]))
+        )
+        start += stride
+    return windows
+
+
 @torch.no_grad()
 def perplexity(
     model,
@@ -151,16 +171,8 @@ def perplexity(
         raise ValueError(f"{path}: needs at least two tokens to score")
     max_len = min(max_seq_len or model.config.max_sequence_length,
                   model.config.max_sequence_length)  # fmt: skip
-    stride = min(stride, max_len // 2)
-    context_size = max_len - 1 - stride  # leaves room for the blank
-    windows = []
-    start = 1  # the first window predicts from one context token
-    while start < len(ids):
-        ctx = ids[max(0, start - context_size) : start]
-        windows.append((ctx, ids[start : start + stride]))
-        start += stride
-        if limit and len(windows) >= limit:
-            break
+    windows = sliding_windows(ids, max_len, stride)
+    windows = windows[:limit] if limit else windows
     logp, tokens = 0.0, 0
     for b in range(0, len(windows), batch_size):
         rows = windows[b : b + batch_size]

@@ -1,0 +1,131 @@
+"""What machine this is, and which precision trains fastest on it.
+
+Machines change from one day to the next (a CPU with native bf16 one day, one without the next),
+so nothing here is assumed: the CPU's flags are read, and where the flags allow bf16 a short
+matmul micro-benchmark decides. ``blankfill info --hardware`` prints :func:`describe` and the
+choice; the training engine calls :func:`choose_precision` once at start-up for
+``train.precision = "auto"``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# CPU flags (as /proc/cpuinfo spells them) that mean oneDNN can run bf16 matmuls natively.
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# bf16 must beat fp32 by this factor in the micro-benchmark to be chosen on a CPU: autocast
+# adds casts and fp32 elementwise work around the matmuls, so a small matmul win is no win.
+CPU_BF16_MIN_SPEEDUP = 1.5
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision ``auto`` resolves to, and why (shown by ``blankfill info --hardware``)."""
+
+    precision: str  # "fp32" | "bf16"
+    reason: str
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what :mod:`platform` knows."""
+    for line in _cpuinfo_lines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (empty where ``/proc/cpuinfo`` is not readable)."""
+    for line in _cpuinfo_lines():
+        if line.lower().startswith(("flags", "features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def describe() -> dict[str, object]:
+    """The machine in one dict: CPU model, bf16-relevant flags, threads, GPU, torch version."""
+    flags = cpu_flags()
+    info: dict[str, object] = {
+        "cpu": cpu_model(),
+        "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma"))),
+        "cpu_native_bf16": any(f in flags for f in NATIVE_BF16_FLAGS),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": None,
+    }
+    if torch.cuda.is_available():
+        info["cuda"] = {
+            "name": torch.cuda.get_device_name(0),
+            "count": torch.cuda.device_count(),
+            "bf16": torch.cuda.is_bf16_supported(),
+            "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+        }
+    return info
+
+
+def matmul_flops(dtype: torch.dtype, *, n: int = 512, seconds: float = 0.3, device: str = "cpu"):
+    """Measured FLOP/s of an ``n x n`` matmul in ``dtype`` (best of repeated timings).
+
+    Args:
+        dtype: ``torch.float32`` or ``torch.bfloat16``.
+        n: matrix size; 512 is enough to reach most of a CPU core's peak.
+        seconds: time spent measuring (after one warm-up call).
+        device: where to run it.
+    """
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)  # warm-up: oneDNN builds its kernels on the first call
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def choose_precision(
+    device: torch.device, *, measure: bool = True, flags: frozenset[str] | None = None
+) -> PrecisionChoice:
+    """The faster of fp32 and bf16 autocast for training on ``device``.
+
+    CUDA: bf16 where the GPU supports it. CPU: fp32 unless the CPU has native bf16 (AMX or
+    AVX512-BF16) and, when ``measure``, a bf16 matmul runs at least ``CPU_BF16_MIN_SPEEDUP``
+    times the fp32 one (a ~1 s check). ``flags`` replaces the CPU's own flags (for tests).
+    """
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice("bf16", f"{torch.cuda.get_device_name(device)} supports bf16")
+        return PrecisionChoice("fp32", "this GPU has no bf16 (use fp16 explicitly)")
+    if device.type != "cpu":
+        return PrecisionChoice("fp32", f"no bf16 check for device type {device.type}")
+    flags = cpu_flags() if flags is None else flags
+    native = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    if not native:
+        return PrecisionChoice("fp32", f"CPU {cpu_model()!r} has no native bf16 (amx/avx512_bf16)")
+    if not measure:
+        return PrecisionChoice("bf16", f"CPU has {', '.join(native)} (not measured)")
+    fp32 = matmul_flops(torch.float32)
+    bf16 = matmul_flops(torch.bfloat16)
+    ratio = bf16 / fp32
+    measured = (
+        f"CPU has {', '.join(native)}; bf16 matmul {bf16 / 1e9:.0f} vs fp32 "
+        f"{fp32 / 1e9:.0f} GFLOP/s ({ratio:.2f}x)"
+    )
+    if ratio >= CPU_BF16_MIN_SPEEDUP:
+        return PrecisionChoice("bf16", measured)
+    return PrecisionChoice("fp32", f"{measured}, below the {CPU_BF16_MIN_SPEEDUP}x needed")
