@@ -187,16 +187,7 @@ def finetune_variant(rd: Path, letter: str, data_root: Path, smoke: bool, *, see
     """Cloze (and classifier-head) fine-tuning; one entry per task, head and seed."""
     path = rd / "finetune.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
-    from blankfill.config import FinetuneRunConfig
-
-    try:  # before the architecture refactor (issue 10) fine-tuning had its own loader
-        from blankfill.config import load_finetune_config
-    except ImportError:  # after it, load_config keeps each section's own defaults
-        from blankfill.config import load_config
-
-        def load_finetune_config(path, overrides):
-            return load_config(FinetuneRunConfig, path, overrides)
-
+    from blankfill.config import FinetuneRunConfig, load_config
     from blankfill.finetune.runner import finetune_cloze
     from blankfill.finetune.tasks import get_task
 
@@ -219,7 +210,7 @@ def finetune_variant(rd: Path, letter: str, data_root: Path, smoke: bool, *, see
             task = get_task(task_name)
             model, tokenizer, _ = load_run(rd)
             train, valid = _records(task, data_root, smoke)
-            ft = load_finetune_config(None, [
+            ft = load_config(FinetuneRunConfig, None, [
                 f"finetune.head={head}", f"finetune.seed={seed}", "finetune.device=cpu",
                 f"finetune.epochs={1 if smoke else FT_EPOCHS[task_name]}",
                 "finetune.batch_size=16", "finetune.max_seq_len=128", "optim.lr=1e-4",

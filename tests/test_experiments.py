@@ -24,11 +24,13 @@ def test_every_variant_is_a_valid_config_of_equal_size_and_tokens(tmp_path):
         for k in experiments.VARIANTS
     }
     assert set(cfgs) == set("abcdefg")
-    sizes = {(c.model, c.data.seq_len, c.data.batch_size, c.train.max_steps) for c in cfgs.values()}
-    assert len(sizes) == 1  # equal size and token budget; only corrupt.* differs
+    sizes = {(c.model.num_layers, c.model.hidden_size, c.model.vocab_size, c.data.seq_len,
+              c.data.batch_size, c.train.max_steps) for c in cfgs.values()}  # fmt: skip
+    assert len(sizes) == 1  # equal size and token budget; only corrupt.* (and (d)'s table) differ
     assert cfgs["a"].corrupt == type(cfgs["a"].corrupt)()  # the paper's token-level defaults
     assert cfgs["b"].corrupt.document_prob > 0 and cfgs["b"].corrupt.sentence_prob > 0
     assert not cfgs["c"].corrupt.shuffle_spans and not cfgs["d"].corrupt.block_positions
+    assert not cfgs["d"].model.block_position_encoding  # no block-position table with 1D
     assert cfgs["e"].corrupt.sentinel_start == 4000
     assert cfgs["e"].corrupt.sentinels + 4000 <= cfgs["e"].model.vocab_size
     assert cfgs["f"].corrupt.objective == "masked_lm" and cfgs["f"].corrupt.max_span_length == 2
