@@ -99,8 +99,10 @@ def test_sentinels_must_cover_the_spans():
                      eop_id=EOP, sentinel_ids=[SENT0])  # fmt: skip
     with pytest.raises(ValueError, match="special ids"):
         Corruptor(CorruptConfig(sentinels=8, sentinel_start=4), SP)
-    with pytest.raises(ValueError, match="glm"):
+    with pytest.raises(ValueError, match="corrupt.sentinels"):
         CorruptConfig(objective="masked_lm", sentinels=4)
+    with pytest.raises(ValueError, match="corrupt.sentinels"):
+        CorruptConfig(sentinels=-1)
     with pytest.raises(ValueError, match="corrupt.objective"):
         CorruptConfig(objective="t5")
 
