@@ -59,6 +59,35 @@ def _with_blank(tokenizer, cfg):
     return tok, "[MASK]"
 
 
+def short_span_matches(
+    sel: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor, *, eop: int, in_place: bool
+) -> tuple[int, int]:
+    """(spans of 1..SHORT_SPAN text tokens, how many of them have every target right).
+
+    Args:
+        sel: bool [B, T], the target positions; ``labels`` and ``ok`` (bool, argmax correct) are
+            [N] over them in row-major order.
+        eop: GLM's Part B closes each span with an ``[eop]`` label (counted in the match, not in
+            the length; a suffix span ends with its row).
+        in_place: masked LM: a span is a run of adjacent target positions.
+    """
+    spans = exact = k = 0
+    for row in sel:
+        ts = torch.nonzero(row).flatten().tolist()
+        start = k
+        for j, t in enumerate(ts):
+            last = j + 1 == len(ts)
+            end = (last or ts[j + 1] != t + 1) if in_place else (last or int(labels[k]) == eop)
+            k += 1
+            if end:
+                n_tok = (k - start) - (not in_place and int(labels[k - 1]) == eop)
+                if 1 <= n_tok <= SHORT_SPAN:
+                    spans += 1
+                    exact += int(ok[start:k].all())
+                start = k
+    return spans, exact
+
+
 @torch.no_grad()
 def infill(model, cfg, shared: Path, batches: int) -> dict:
     """Held-out target loss, token accuracy and short-span exact match (see module doc)."""
@@ -88,25 +117,8 @@ def infill(model, cfg, shared: Path, batches: int) -> dict:
         text = labels != special.eop  # the span tokens themselves (an [eop] is easy to predict)
         content += int(text.sum())
         content_ok += int(ok[text].sum())
-        # spans: GLM Part B closes each span with an [eop] label; the masked LM's are runs
-        row = torch.nonzero(sel)  # [N, 2] (b, t) in the same order as the targets
-        k = 0
-        for b in range(batch.input_ids.shape[0]):
-            ts = row[row[:, 0] == b, 1].tolist()
-            start = k
-            for j, t in enumerate(ts):
-                end_here = (
-                    (j + 1 == len(ts) or ts[j + 1] != t + 1)
-                    if mlm
-                    else (int(labels[k]) == special.eop or j + 1 == len(ts))
-                )
-                k += 1
-                if end_here:
-                    n_tok = (k - start) - (0 if mlm else int(labels[k - 1]) == special.eop)
-                    if 1 <= n_tok <= SHORT_SPAN:
-                        spans += 1
-                        exact += int(ok[start:k].all())
-                    start = k
+        n, e = short_span_matches(sel, labels, ok, eop=special.eop, in_place=mlm)
+        spans, exact = spans + n, exact + e
     out = {"loss": float(ce_sum.sum() / count.sum()), "token_acc": correct / float(count.sum()),
            "text_token_acc": content_ok / max(content, 1), "targets": int(count.sum()),
            "batches": batches}  # fmt: skip

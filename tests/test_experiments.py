@@ -70,3 +70,20 @@ def _write(root: Path, texts: list[str]) -> Path:
     for i, t in enumerate(texts):
         (corpus / f"{i}.txt").write_text(t)
     return corpus
+
+
+def test_short_span_exact_match():
+    import evaluation  # experiments/evaluation.py
+    import torch
+
+    EOP = 7
+    # row 0 (GLM Part B): spans [a b eop] [c eop] [d e f g eop]; row 1: a suffix span of 2, no eop
+    sel = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [0] * 9 + [1, 1]], dtype=torch.bool)
+    labels = torch.tensor([20, 21, EOP, 22, EOP, 23, 24, 25, 26, EOP, 30, 31])
+    ok = torch.tensor([1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1], dtype=torch.bool)
+    # lengths 2 (all right), 1 (its [eop] wrong), 4 (too long), 2 (suffix, right)
+    assert evaluation.short_span_matches(sel, labels, ok, eop=EOP, in_place=False) == (3, 2)
+    # masked LM: runs of adjacent positions: [1, 2] and [5] in row 0, [3, 4] in row 1
+    sel = torch.tensor([[0, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 0]], dtype=torch.bool)
+    labels, ok = torch.tensor([20, 21, 22, 23, 24]), torch.tensor([1, 0, 1, 1, 1], dtype=torch.bool)
+    assert evaluation.short_span_matches(sel, labels, ok, eop=EOP, in_place=True) == (3, 2)
