@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import ConfigError, ModelConfig, apply_overrides
 from ..folder import convert_folder
@@ -27,6 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--from", dest="src", required=True, help="a model folder: ours, hub, or mp_rank_*"
     )
     p.add_argument("--to", dest="dst", required=True, help="the folder to write (created)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --to folder")
     p.add_argument(
         "--to-format",
         choices=("blankfill", "hub"),
@@ -59,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     for item in args.set_:
         if "=" not in item:
             raise ConfigError(f"--set {item!r} must look like KEY=VALUE (= --model.KEY=VALUE)")
+    if Path(args.dst).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.dst} already exists; pass --overwrite or choose another --to")
     items = [f"model.{item}" for item in args.set_] + overrides(args)
     changes = apply_overrides({}, items, ConvertConfig).get("model", {})
     out = convert_folder(

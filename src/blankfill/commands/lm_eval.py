@@ -33,6 +33,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and not args.limit > 0:  # also nan
+        raise ValueError(f"--limit must be > 0 (a count, or a fraction below 1), got {args.limit}")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ValueError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
     if args.only_included and not args.include_path:
         raise ValueError("--only-included needs --include-path DIR")
     if args.include_path and not Path(args.include_path).is_dir():

@@ -11,13 +11,16 @@ import json
 import logging
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from ..config import RunConfig, load_config, to_dict
+from ..data.store import TokenStore
 from ..device import resolve_device
 from ..model import GLM
+from ..safeio import check_run_free
 from ..train.checkpoint import list_checkpoints
 from ..train.distributed import env_dist_info, init_distributed, teardown
 from ..train.loop import train
@@ -51,10 +54,36 @@ def _load_tokenizer(cfg: RunConfig):
     from ..tokenizer import load_tokenizer
 
     if cfg.train.tokenizer:
-        return load_tokenizer(cfg.train.tokenizer)
+        tokenizer = load_tokenizer(cfg.train.tokenizer)
+        if cfg.data.store:  # the store's token ids must be this tokenizer's
+            TokenStore(cfg.data.store).check_tokenizer(tokenizer, "train.tokenizer")
+        return tokenizer
     if not cfg.data.store:
         raise ValueError("set data.store (a `blankfill prepare` folder) or train.tokenizer")
     return load_tokenizer(Path(cfg.data.store) / "tokenizer")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} hours"
+
+
+def dry_run_eta(cfg: RunConfig, done: int, first_s: float, step_s: float, cpu: bool) -> str:
+    """The measured step time and what it means for the whole run (``done``: steps before)."""
+    left = max(cfg.train.max_steps - max(done, 0), 0)
+    line = (
+        f"step time {step_s:.2f} s (measured on a second step; the first, with warm-up, took "
+        f"{first_s:.2f} s); {left} steps to train.max_steps={cfg.train.max_steps}: ETA "
+        f"{_duration(left * step_s)}"
+    )
+    if cfg.train.max_minutes:
+        line += f" (train.max_minutes={cfg.train.max_minutes:g} stops it earlier)"
+    if left * step_s > 24 * 3600 and cpu:
+        line += "; this config is meant for a GPU: on a CPU use configs/pretrain/cpu.toml"
+    return line
 
 
 def _peak_memory(device: torch.device) -> str:
@@ -70,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     run_dir = Path(cfg.train.out_dir)
+    check_run_free(run_dir)  # "RUN is in use by process N" before any other advice
     if not args.resume and not args.dry_run and list_checkpoints(run_dir):
         raise ValueError(
             f"{run_dir} already holds checkpoints; pass --resume auto to continue, or set "
@@ -124,25 +154,35 @@ def run(args: argparse.Namespace) -> int:
             info.world_size,
             cfg.dist.strategy if info.distributed else "single",
         )
-        result = train(
-            cfg,
-            model,
-            data,
-            info=info,
-            device=device,
-            valid=(lambda: loader("valid")) if has_valid else None,
-            tokenizer=tokenizer,
-            resume=args.resume,
-            sink=NullSink() if args.dry_run else None,
-            dry_run=args.dry_run,
-        )
+
+        def run_train(resume: str | None):
+            t0 = time.perf_counter()
+            out = train(
+                cfg,
+                model,
+                data,
+                info=info,
+                device=device,
+                valid=(lambda: loader("valid")) if has_valid else None,
+                tokenizer=tokenizer,
+                resume=resume,
+                sink=NullSink() if args.dry_run else None,
+                dry_run=args.dry_run,
+            )
+            return out, time.perf_counter() - t0
+
+        result, first_s = run_train(args.resume)
+        done = result.step - 1  # steps before this run (a resumed checkpoint's)
+        if args.dry_run:  # a second step, warm, gives the step time (the first has warm-up)
+            result, step_s = run_train(None)
         if info.is_main:
             if args.dry_run:
                 print(
-                    f"dry run OK: {n_params:,} parameters; one step, loss "
+                    f"dry run OK: {n_params:,} parameters; loss "
                     f"{result.metrics.get('loss', float('nan')):.4f}; peak memory "
                     f"{_peak_memory(device)}"
                 )
+                print(dry_run_eta(cfg, done, first_s, step_s, device.type == "cpu"))
             elif result.status in ("interrupted", "out of time"):
                 print(
                     f"stopped ({result.status}) at step {result.step}; checkpoint {result.checkpoint}. Continue "

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..config import FinetuneRunConfig, to_dict
 from ..pretrained import atomic_write_text, save_pretrained
+from ..safeio import guard_write, save_safetensors
+from ..train.metrics import finite_or_none
 from ..train.optim import build_optimizer, lr_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,13 @@ def save_finetuned(model, out: Path, tokenizer, head: nn.Module | None, info: di
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tmp, tokenizer)
-    if head is not None:
-        state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-        save_file(state, str(tmp / HEAD_NAME))
-    atomic_write_text(tmp / INFO_NAME, json.dumps(info, indent=2) + "\n")
+    hint = f"the previous {out} is intact" if out.exists() else ""
+    with guard_write(out, tmp, hint=hint):
+        save_pretrained(model, tmp, tokenizer)
+        if head is not None:
+            state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+            save_safetensors(state, tmp / HEAD_NAME)
+        atomic_write_text(tmp / INFO_NAME, json.dumps(info, indent=2) + "\n")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         out.rename(old)
@@ -90,7 +93,8 @@ def train(
         epochs, batch_size: resolved values (task defaults applied by the caller).
         out_dir: where ``best/`` and ``metrics.jsonl`` go; None writes nothing.
         tokenizer: saved with the best checkpoint.
-        on_step: called after each step with {"step", "epoch", "loss", "lr"} (a progress bar).
+        on_step: called after each step with {"step", "total", "epoch", "loss", "lr"} (a
+            progress bar; ``total`` is the run's number of steps).
 
     Returns:
         {"best": metrics of the best epoch, "best_epoch", "history": one dict per epoch}.
@@ -123,7 +127,9 @@ def train(
             step += 1
             losses.append(float(loss.detach()))
             if on_step is not None:
-                on_step({"step": step, "epoch": epoch, "loss": losses[-1], "lr": lr})
+                on_step(
+                    {"step": step, "total": total, "epoch": epoch, "loss": losses[-1], "lr": lr}
+                )
         metrics = recipe.evaluate()
         row = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                "seconds": round(time.perf_counter() - t0, 2), **metrics}  # fmt: skip
@@ -134,7 +140,7 @@ def train(
             best, best_epoch = metrics, epoch + 1
         if out is not None:
             with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(finite_or_none(row)) + "\n")  # NaN -> null
             if improved:
                 info = {"task": recipe.name, **recipe.info, "epoch": epoch + 1, "metrics": metrics}
                 save_finetuned(model, out / "best", tokenizer, recipe.head, info)

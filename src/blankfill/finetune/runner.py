@@ -8,6 +8,7 @@ metrics = evaluate_cloze(model, tokenizer, get_task("cb"), valid_records)
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ from .cloze import (
     score_all,
     to_device,
 )
+from .lm import check_at_least
 from .loop import HEAD_NAME, INFO_NAME, Recipe, train
 from .tasks import ClozeTask
+
+log = logging.getLogger(__name__)
 
 
 def cloze_settings(task: ClozeTask, cfg: FinetuneRunConfig, model) -> dict[str, int]:
@@ -37,9 +41,38 @@ def cloze_settings(task: ClozeTask, cfg: FinetuneRunConfig, model) -> dict[str, 
     ft = cfg.finetune
     pid = task.pattern_id if ft.pattern_id is None else ft.pattern_id
     task.check_pattern_id(pid)
-    max_len = min(ft.max_seq_len or task.max_seq_len, model.config.max_sequence_length)
+    max_len = capped_length(ft.max_seq_len or task.max_seq_len, model, "finetune.max_seq_len")
     return {"pattern_id": pid, "epochs": ft.epochs or task.epochs,
             "batch_size": ft.batch_size or task.batch_size, "max_seq_len": max_len}  # fmt: skip
+
+
+def capped_length(requested: int, model, key: str) -> int:
+    """``requested`` capped by the model's ``max_sequence_length``; a cap is logged (once per
+    call site: callers resolve the length once per run)."""
+    rows = model.config.max_sequence_length
+    if requested > rows:
+        log.info("%s=%d is more than the model's max_sequence_length; using %d", key, requested,
+                 rows)  # fmt: skip
+    return min(requested, rows)
+
+
+def require_labels(
+    task: ClozeTask, records: Sequence[dict], what: str = "evaluation data", source: str = ""
+) -> None:
+    """Raise a one-line ValueError unless there are records and every one has a gold label
+    (metrics over zero or label-less examples would read as a score of 0.0). ``source``: the
+    file, named in the message."""
+    if not records:
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}the {what} has no examples; give a non-empty, labelled file")
+    unlabelled = [r for r in records if not (r.get("gold") if task.metric == "record"
+                                             else r.get("label", -1) >= 0)]  # fmt: skip
+    if unlabelled:
+        where = unlabelled[0].get("_where", "?")
+        raise ValueError(
+            f"{where}: {len(unlabelled)} of {len(records)} {what} examples have no label; "
+            "metrics need gold labels (use a labelled split, e.g. val rather than test)"
+        )
 
 
 def evaluate_cloze(
@@ -56,9 +89,11 @@ def evaluate_cloze(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Score every record and return the task's metrics (zero-shot or fine-tuned model)."""
+    require_labels(task, records)
+    check_at_least(batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 8))
     pid = task.pattern_id if pattern_id is None else pattern_id
     task.check_pattern_id(pid)
-    max_len = min(max_seq_len or task.max_seq_len, model.config.max_sequence_length)
+    max_len = capped_length(max_seq_len or task.max_seq_len, model, "max_seq_len")
     single = head is not None or is_single_token(task, tokenizer, pid)
     xs = [encode_record(task, r, tokenizer, pattern_id=pid, max_seq_len=max_len, single_token=single)
           for r in records]  # fmt: skip
@@ -81,6 +116,7 @@ def finetune_cloze(
     on_step: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune on a cloze task (or with the classifier head, ``finetune.head="classifier"``)."""
+    require_labels(task, valid_records, "validation data")
     s = cloze_settings(task, cfg, model)
     device = resolve_device(cfg.finetune.device, key="finetune.device")
     model.to(device)
@@ -122,7 +158,12 @@ def finetune_cloze(
 def read_finetune_info(path: str | Path) -> dict[str, Any]:
     """A fine-tuned folder's ``finetune.json`` (pattern id, head, lengths); ``{}`` if absent."""
     info_path = Path(path) / INFO_NAME
-    return json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if not info_path.is_file():
+        return {}
+    try:
+        return json.loads(info_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{info_path}: not valid JSON ({e})") from None
 
 
 def load_head(path: str | Path, model, task: ClozeTask, info: dict) -> ClassifierHead | None:

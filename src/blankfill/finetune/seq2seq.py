@@ -10,6 +10,7 @@ scores ROUGE-1/2/L F1 with ``rouge-score`` (the optional ``eval`` extra, importe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,12 @@ import torch.nn.functional as F
 from ..config import FinetuneRunConfig
 from ..device import resolve_device
 from .cloze import ClozeInput, collate, to_device
+from .lm import check_at_least
 from .loop import Recipe, train
-from .readers import read_rows
+from .readers import read_rows, read_utf8
+from .runner import capped_length
+
+log = logging.getLogger(__name__)
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -33,8 +38,7 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
         for p in (src, tgt):
             if not p.is_file():
                 raise FileNotFoundError(f"seq2seq data needs both {src.name} and {tgt.name}: {p}")
-        sources = src.read_text(encoding="utf-8").splitlines()
-        targets = tgt.read_text(encoding="utf-8").splitlines()
+        sources, targets = read_utf8(src).splitlines(), read_utf8(tgt).splitlines()
         if len(sources) != len(targets):
             raise ValueError(f"{src} has {len(sources)} lines but {tgt} has {len(targets)}")
         return list(zip(sources, targets, strict=True))
@@ -88,11 +92,16 @@ def finetune_seq2seq(
 ) -> dict[str, Any]:
     """Fine-tune on (source, target) pairs; each epoch reports the validation loss and
     teacher-forced token accuracy (the best checkpoint is chosen by the accuracy)."""
+    require_pairs(valid_pairs, "validation data")
     ft = cfg.finetune
     device = resolve_device(ft.device, key="finetune.device")
     model.to(device)
     rows = model.config.max_sequence_length
-    src_len, tgt_len = min(ft.max_seq_len or rows, rows), min(ft.max_target_len, rows - 1)
+    src_len = capped_length(ft.max_seq_len or rows, model, "finetune.max_seq_len")
+    tgt_len = min(ft.max_target_len, rows - 1)
+    if ft.max_target_len > rows - 1:
+        log.info("finetune.max_target_len=%d is capped to %d by the model", ft.max_target_len,
+                 rows - 1)  # fmt: skip
     sp = tokenizer.special
     train_xs = [encode_pair(tokenizer, s, t, src_len, tgt_len) for s, t in train_pairs]
     valid_xs = [encode_pair(tokenizer, s, t, src_len, tgt_len) for s, t in valid_pairs]
@@ -117,6 +126,21 @@ def finetune_seq2seq(
     recipe = Recipe(name="seq2seq", loss=loss, evaluate=evaluate, info=info)
     return train(model, recipe, train_xs, cfg, epochs=ft.epochs or 10, batch_size=ft.batch_size
                  or 16, out_dir=out_dir, tokenizer=tokenizer, on_step=on_step)  # fmt: skip
+
+
+def require_pairs(
+    pairs: Sequence[tuple[str, str]], what: str = "evaluation data", source: str = ""
+) -> None:
+    """Raise a one-line ValueError for no pairs or a pair without a target (nothing to score)."""
+    if not pairs:
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}the {what} has no examples; give a non-empty file")
+    empty = [i for i, (_, t) in enumerate(pairs) if not t.strip()]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} of {len(pairs)} {what} pairs have an empty target (the first is pair "
+            f"{empty[0] + 1}); scores need reference targets"
+        )
 
 
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
@@ -148,9 +172,11 @@ def evaluate_seq2seq(
     """Generate each target (default: beam search, 5 beams, no-repeat 3-grams) and score ROUGE."""
     from ..generate import InfillIds, generate
 
+    require_pairs(pairs)
+    check_at_least(batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 8))
     model.eval()
     rows = model.config.max_sequence_length
-    src_len = min(max_seq_len or rows, rows)
+    src_len = capped_length(max_seq_len or rows, model, "max_seq_len")
     settings = {"strategy": "beam", "num_beams": 5, "no_repeat_ngram_size": 3, **decoding}
     ids = InfillIds.from_tokenizer(tokenizer)
     predictions = []

@@ -31,6 +31,8 @@ from ..config import RunConfig, to_dict
 from ..data.batch import OBJECTIVES, Batch
 from ..model import GLM
 from ..pretrained import load_weights
+from ..progress import progress_bar
+from ..safeio import RunLock
 from . import checkpoint as ckpt_io
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, no_grad_sync, wrap_model
 from .metrics import MetricSink, NullSink, default_sinks, peak_flops, train_flops
@@ -207,6 +209,7 @@ def train(
     tc, run_dir = cfg.train, Path(cfg.train.out_dir)
     sharded = info.distributed and cfg.dist.strategy == "fsdp"
     if info.is_main and not dry_run:
+        _lock = RunLock(run_dir)  # held until train() returns: "RUN is in use by process N"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
 
@@ -241,7 +244,9 @@ def train(
         del loaded
     params = [p for p in head.parameters() if p.requires_grad]
     autocast = autocast_for(tc.precision, device)
-    sink = sink or (default_sinks(run_dir, cfg.log.tensorboard) if info.is_main else NullSink())
+    sink = sink or (
+        default_sinks(run_dir, cfg.log.tensorboard, start_step=step) if info.is_main else NullSink()
+    )
     show_bar = (cfg.log.progress if progress is None else progress) and info.is_main
     peak = peak_flops(device, cfg.log.peak_flops)
     last_ckpt: Path | None = None
@@ -265,9 +270,9 @@ def train(
             keep_last=tc.keep_last,
         )
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not show_bar, dynamic_ncols=True)
+    bar = progress_bar(
+        tc.max_steps, initial=step, disable=not show_bar, desc="pretrain", unit="step"
+    )
     batches = iter(data)
     bad_steps = 0
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
