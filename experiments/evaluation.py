@@ -428,10 +428,10 @@ def _claims(rows: dict) -> list[str]:
         if min(len(xs), len(ys)) < 2:
             verdict = "too small to tell (one seed)"
         elif abs(diff) <= noise:
-            verdict = f"too small to tell (|diff| <= 2 s.e. = {noise:.3g})"
+            verdict = f"too small to tell (difference within 2 s.e. = {noise:.3g})"
         else:
             verdict = "holds" if (diff > 0) == higher else "does not hold"
-            verdict += f" (|diff| > 2 s.e. = {noise:.3g})"
+            verdict += f" (difference beyond 2 s.e. = {noise:.3g})"
         lines.append(f"| {claim} | {metric} | ({lx}) {_mean_sd(xs)} | ({ly}) {_mean_sd(ys)} | "
                      f"{diff:+.3f} | {seeds} | {verdict} |")  # fmt: skip
     return lines
