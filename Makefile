@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo lint clean experiments experiments-smoke
 
 install: $(STAMP)
 
@@ -29,8 +29,18 @@ demo: install
 	$(PY) -m blankfill demo
 
 lint: install
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks experiments
+	$(PY) -m ruff format --check src tests benchmarks experiments
+
+# GLM's design claims at small scale (experiments/run.py; outputs under experiments/runs*/).
+# DATA: the shared data root holding corpus/ and benchmarks/ (skipped with a message if absent).
+DATA ?= ../shared/data
+BUDGET ?= 120
+experiments: install
+	nice -n 10 $(PY) experiments/run.py all --budget-minutes $(BUDGET) --data $(DATA)
+
+experiments-smoke: install
+	$(PY) experiments/run.py all --smoke --data $(DATA) --finetune-seeds 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

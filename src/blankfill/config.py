@@ -80,6 +80,7 @@ class ModelConfig:
 class CorruptConfig:
     """How a text becomes Part A + Part B (GLM §2.1, spec §3). Defaults follow the paper."""
 
+    objective: Literal["glm", "masked_lm", "causal_lm"] = "glm"  # or the BERT / GPT baselines
     mask_ratio: float = 0.15  # token level: fraction of tokens in [MASK] spans
     poisson_lambda: float = 3.0  # token level: span lengths ~ Poisson(lambda)
     max_span_length: int = 40  # token level: span lengths truncated to [1, max_span_length)
@@ -91,28 +92,29 @@ class CorruptConfig:
     document_prob: float = 0.0  # ... of the document-level objective
     mix_per: Literal["sample", "batch"] = "sample"  # choose the objective per sample or batch
     shuffle_spans: bool = True  # Part B in a random span order (GLM §2.1); False: text order
-    block_positions: bool = True  # 2D positions; False: 1D ablation (Part B numbered onward)
+    block_positions: bool = True  # 2D positions; False: 1D ablation (no offset inside a span)
+    sentinels: int = 0  # > 0: token-level span i >= 1 gets its own blank [MASK_i] (Table 6)
+    sentinel_start: int = 0  # id of [MASK_1]: the tokenizer's vocab_size (spec §2)
 
     def __post_init__(self) -> None:
-        for name in ("mask_ratio", "sentence_ratio"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"corrupt.{name} must be in (0, 1), got {getattr(self, name)}")
-        if self.poisson_lambda <= 0:
-            raise ValueError("corrupt.poisson_lambda must be > 0")
-        if self.max_span_length < 2:
-            raise ValueError("corrupt.max_span_length must be >= 2")
-        if self.mix_per not in ("sample", "batch"):
-            raise ValueError(f"corrupt.mix_per must be 'sample' or 'batch', got {self.mix_per!r}")
-        if not 0.0 <= self.document_suffix_prob <= 1.0:
-            raise ValueError("corrupt.document_suffix_prob must be in [0, 1]")
-        if not 0.0 < self.document_min_ratio <= 1.0:
-            raise ValueError("corrupt.document_min_ratio must be in (0, 1]")
         probs = (self.token_prob, self.sentence_prob, self.document_prob)
-        if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
-            raise ValueError(
-                "corrupt.token_prob + corrupt.sentence_prob + corrupt.document_prob must be 1 "
-                f"(each >= 0), got {probs}"
-            )
+        rules = {  # "key must ..." -> holds
+            "mask_ratio must be in (0, 1)": 0 < self.mask_ratio < 1,
+            "sentence_ratio must be in (0, 1)": 0 < self.sentence_ratio < 1,
+            "poisson_lambda must be > 0": self.poisson_lambda > 0,
+            "max_span_length must be >= 2": self.max_span_length >= 2,
+            "objective must be glm, masked_lm or causal_lm": self.objective
+            in ("glm", "masked_lm", "causal_lm"),
+            "mix_per must be 'sample' or 'batch'": self.mix_per in ("sample", "batch"),
+            "document_suffix_prob must be in [0, 1]": 0 <= self.document_suffix_prob <= 1,
+            "document_min_ratio must be in (0, 1]": 0 < self.document_min_ratio <= 1,
+            "token_prob + sentence_prob + document_prob must be 1 (each >= 0)": min(probs) >= 0
+            and abs(sum(probs) - 1.0) <= 1e-6,
+            "sentinels, sentinel_start must be >= 0 (sentinels: glm only)": self.sentinel_start >= 0
+            and (self.sentinels == 0 or (self.sentinels > 0 and self.objective == "glm")),
+        }
+        for rule in (r for r, holds in rules.items() if not holds):
+            raise ValueError(f"corrupt.{rule}; got {to_dict(self)}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -134,6 +134,17 @@ def run(args: argparse.Namespace) -> int:
                 f"{tokenizer.vocab_size} tokens; set --model.vocab_size="
                 f"{tokenizer.padded_vocab_size}"
             )
+        c = cfg.corrupt
+        if c.sentinels and not (
+            tokenizer.vocab_size <= c.sentinel_start
+            and c.sentinel_start + c.sentinels <= cfg.model.vocab_size
+        ):
+            raise ValueError(
+                f"corrupt.sentinels ids {c.sentinel_start}..{c.sentinel_start + c.sentinels - 1} "
+                f"must lie in [tokenizer vocab_size {tokenizer.vocab_size}, model.vocab_size "
+                f"{cfg.model.vocab_size}); set --corrupt.sentinel_start={tokenizer.vocab_size} "
+                "and model.vocab_size large enough"
+            )
 
         def loader(split: str) -> PretrainLoader:
             return PretrainLoader(

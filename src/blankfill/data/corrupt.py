@@ -12,6 +12,10 @@ Glossary (one meaning per word, used across ``blankfill.data``):
   its span's blank), row 1 the block position (0 in Part A, 1..len+1 inside a span, ``[sop]`` = 1).
 - ``labels``: pre-shifted: the label at t is the token that follows t in Part B; Part-A labels equal
   the inputs (their loss is 0).
+- *sentinel*: the ablation of GLM Table 6 (T5-style, official ``--sentinel-token``): span i >= 1
+  of Part B gets its own blank ``[MASK_i]``, which also opens it in Part B (span 0 keeps ``[MASK]``
+  and ``[sop]``, as officially), and Part B's positions say nothing of where a span was.
+- The masked-LM and causal-LM baselines use the same ``Example`` form (``blankfill.data.baselines``).
 
 Everything here is a pure function of its arguments; randomness arrives as ``np.random.Generator``.
 """
@@ -79,6 +83,7 @@ def build_blocks(
     eop_id: int,
     order: Sequence[int] | None = None,
     block_positions: bool = True,
+    sentinel_ids: Sequence[int] | None = None,
 ) -> Example:
     """Lay out a text with blanked spans as Part A + Part B (official ``make_block_data``).
 
@@ -94,8 +99,14 @@ def build_blocks(
         eop_id: ``[eop]``, the last Part-B label of each span.
         order: indices into ``spans`` giving their Part-B order (a permutation of ``range(k)``);
             None: text order.
-        block_positions: True: 2D positions (GLM §2.3). False: the 1D ablation, position ids count
-            on through Part B and block positions are 0.
+        block_positions: True: 2D positions (GLM §2.3). False: the 1D ablation (official
+            ``--no-block-position``): Part B keeps its blank's position, every Part-B block
+            position is 1, so nothing tells a span token its offset inside the span.
+        sentinel_ids: the sentinel ablation (official ``--sentinel-token``): span i >= 1 of Part
+            B is blanked by ``sentinel_ids[i - 1]`` in Part A and opened by it in Part B instead
+            of ``[sop]`` (span 0 keeps ``mask_id`` and ``[sop]``); all of Part B takes position
+            ``context_len`` (officially max_seq_len), so only the blank's identity links a span to
+            its place. Needs >= k - 1 ids.
 
     Returns:
         An ``Example`` with ``input_ids``/``labels``/``loss_mask`` [n + 2k], ``position_ids``
@@ -112,10 +123,19 @@ def build_blocks(
         order = [int(i) for i in order]
         if sorted(order) != list(range(len(spans))):
             raise ValueError(f"order must be a permutation of range({len(spans)}), got {order}")
+    k = len(spans)
+    if sentinel_ids is not None and len(sentinel_ids) < k - 1:
+        raise ValueError(
+            f"{k} spans need {k - 1} sentinel ids, got {len(sentinel_ids)}; raise corrupt.sentinels"
+        )
+    blank = np.full(k, mask_id, dtype=np.int64)  # [k] blank of each span (spans order)
+    opener = np.full(k, sop_id, dtype=np.int64)  # [k] first Part-B input of each span
+    if sentinel_ids is not None and k > 1:
+        blank[order[1:]] = opener[order[1:]] = np.asarray(sentinel_ids[: k - 1], dtype=np.int64)
     keep = np.ones(n, dtype=bool)
     part_a = text.copy()
-    for start, end in spans:
-        part_a[start] = mask_id
+    for i, (start, end) in enumerate(spans):
+        part_a[start] = blank[i]
         keep[start + 1 : end] = False
     part_a = part_a[keep]  # [sep]
     sep = len(part_a)
@@ -127,18 +147,17 @@ def build_blocks(
     nb = int((m + 1).sum())
     src = np.repeat(S - off - 1, m + 1) + np.arange(nb)  # [nb] text index of the input token
     b_in = text[np.clip(src, 0, n - 1)]
-    b_in[off] = sop_id
+    b_in[off] = opener[order]
     b_lab = text[np.clip(src + 1, 0, n - 1)]
     b_lab[off + m] = eop_id
     input_ids = np.concatenate((part_a, b_in))
     labels = np.concatenate((part_a, b_lab))
     T = len(input_ids)
-    if block_positions:
-        pos = np.concatenate((np.arange(sep), np.repeat(a_index[S], m + 1)))
-        blk = np.concatenate((np.zeros(sep, np.int64), np.arange(nb) - np.repeat(off, m + 1) + 1))
-        position_ids = np.stack([pos, blk]).astype(np.int64)
-    else:
-        position_ids = np.stack([np.arange(T, dtype=np.int64), np.zeros(T, dtype=np.int64)])
+    b_pos = np.repeat(a_index[S], m + 1) if sentinel_ids is None else np.full(nb, sep)
+    b_blk = np.arange(nb) - np.repeat(off, m + 1) + 1 if block_positions else np.ones(nb)
+    pos = np.concatenate((np.arange(sep), b_pos))
+    blk = np.concatenate((np.zeros(sep, np.int64), b_blk))
+    position_ids = np.stack([pos, blk]).astype(np.int64)
     loss_mask = np.zeros(T, dtype=np.float32)
     loss_mask[sep:] = 1.0
     return Example(
@@ -170,7 +189,7 @@ def build_suffix(
         gmask_id: ``[gMASK]``.
         sop_id: ``[sop]``.
         loss_mask: float [n], the text's own loss mask (0 at ``[CLS]``), applied on the suffix.
-        block_positions: False gives 1D positions (see ``build_blocks``).
+        block_positions: False: the 1D ablation, block position 1 on all of Part B.
 
     Returns:
         An ``Example`` of length n + 1 with ``context_len`` = n - g + 1.
@@ -187,13 +206,11 @@ def build_suffix(
     input_ids = np.concatenate((src, [gmask_id, sop_id], tgt[:-1])).astype(np.int64)
     labels = np.concatenate((src, [gmask_id], tgt)).astype(np.int64)
     loss = np.concatenate((np.zeros(s + 1, np.float32), lm[n - g :]))
-    T = n + 1
-    if block_positions:
-        pos = np.arange(T, dtype=np.int64)
-        pos[s + 1 :] = s
-        blk = np.concatenate((np.zeros(s, np.int64), np.arange(g + 1, dtype=np.int64)))
-    else:
-        pos, blk = np.arange(T, dtype=np.int64), np.zeros(T, np.int64)
+    pos = np.arange(n + 1, dtype=np.int64)
+    pos[s + 1 :] = s
+    blk = np.concatenate((np.zeros(s, np.int64), np.arange(g + 1, dtype=np.int64)))
+    if not block_positions:  # official: 0 on src and [gMASK], 1 from [sop] on
+        blk = (blk > 0).astype(np.int64)
     return Example(
         input_ids=input_ids,
         labels=labels,
@@ -320,20 +337,36 @@ def sentence_spans(
     return spans
 
 
-def reconstruct(example: Example, *, sop_id: int, eop_id: int) -> np.ndarray:
-    """Invert ``build_blocks`` (2D positions): put each Part-B span back at its blank.
+def reconstruct(
+    example: Example,
+    *,
+    sop_id: int,
+    eop_id: int,
+    sentinel_ids: Sequence[int] | None = None,
+    mask_id: int | None = None,
+) -> np.ndarray:
+    """Invert ``build_blocks``: put each Part-B span back at its blank.
+
+    Spans are found by their opener (``[sop]``, or a sentinel) and placed by their position id, or,
+    with ``sentinel_ids`` (and the ``mask_id`` of span 0), at the Part-A blank of that opener.
 
     Returns:
         int64 [n], the original text.
     """
     sep = example.context_len
     ids, labels = example.input_ids, example.labels
-    pos, blk = example.position_ids
+    pos = example.position_ids[0]
+    openers = {sop_id, *(int(i) for i in sentinel_ids or ())}
     span_at: dict[int, np.ndarray] = {}
-    starts = np.flatnonzero((blk == 1) & (np.arange(len(ids)) >= sep))
-    ends = [*starts[1:].tolist(), len(ids)]
-    for s, e in zip(starts.tolist(), ends, strict=False):
-        assert ids[s] == sop_id and labels[e - 1] == eop_id, "Part B span must be [sop]...→[eop]"
-        span_at[int(pos[s])] = labels[s : e - 1]
+    starts = [t for t in range(sep, len(ids)) if int(ids[t]) in openers]
+    ends = [*starts[1:], len(ids)]
+    for s, e in zip(starts, ends, strict=False):
+        assert labels[e - 1] == eop_id, "a Part-B span must end in [eop]"
+        if sentinel_ids is None:
+            at = int(pos[s])
+        else:
+            blank = mask_id if ids[s] == sop_id else ids[s]
+            at = int(np.flatnonzero(ids[:sep] == blank)[0])
+        span_at[at] = labels[s : e - 1]
     parts = [span_at[i] if i in span_at else ids[i : i + 1] for i in range(sep)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
