@@ -380,23 +380,7 @@ def pad_vocab(n: int, multiple: int = 128) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
-__all__ = [
-    "ConfigError",
-    "CorruptConfig",
-    "DataConfig",
-    "DecodingConfig",
-    "DistConfig",
-    "LogConfig",
-    "FinetuneConfig",
-    "FinetuneRunConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "RunConfig",
-    "TrainConfig",
-    "apply_overrides",
-    "read_toml",
-    "from_dict",
-    "load_config",
-    "pad_vocab",
-    "to_dict",
-]
+__all__ = ["ConfigError", "CorruptConfig", "DataConfig", "DecodingConfig", "DistConfig",
+           "FinetuneConfig", "FinetuneRunConfig", "LogConfig", "ModelConfig", "OptimConfig",
+           "RunConfig", "TrainConfig", "apply_overrides", "from_dict", "load_config", "pad_vocab",
+           "read_toml", "to_dict"]  # fmt: skip
