@@ -298,6 +298,7 @@ class FinetuneConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank (peft) instead of all weights
     lora_merge: bool = True  # merge the adapters into the saved model (else save them apart)
+    max_minutes: float = 0.0  # time budget: stop after the step that runs past it (0: none)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_seq_len"):
@@ -306,7 +307,8 @@ class FinetuneConfig:
                 raise ValueError(f"finetune.{name} must be >= 1 (or unset for the task default)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("finetune.label_smoothing must be in [0, 1)")
-        lows = {"eval_batch_size": 1, "grad_accum": 1, "lora_rank": 0, "pattern_id": 0}
+        lows = {"eval_batch_size": 1, "grad_accum": 1, "lora_rank": 0, "pattern_id": 0,
+                "max_minutes": 0}  # fmt: skip
         for name, low in lows.items():
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"finetune.{name} must be >= {low}")

@@ -133,3 +133,16 @@ def test_sigterm_stops_after_the_step_evaluates_and_keeps_best(tmp_path):
     assert [r["step"] for r in result["history"]] == [3] and result["history"][0]["interrupted"]
     assert (tmp_path / "best" / "model.safetensors").is_file()
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored
+
+
+def test_time_budget_stops_after_the_step_evaluates_and_keeps_best(tmp_path):
+    train, valid = synthetic(64, 0), synthetic(16, 1)
+    tok = train_tokenizer([r["text"] for r in train] + [" Colour: Red. Colour: Green."] * 9, 384)
+    torch.manual_seed(0)
+    overrides = ["finetune.precision=fp32", "finetune.epochs=3", "finetune.max_minutes=1e-9"]
+    cfg = load_config(FinetuneRunConfig, None, overrides)
+    result = finetune_cloze(GLM(tiny_config()), tok, SENTIMENT, train, valid, cfg,
+                            out_dir=tmp_path)  # fmt: skip
+    assert result["interrupted"] and result["out_of_time"] and result["signal"] is None
+    assert [r["step"] for r in result["history"]] == [1]  # the budget ran out in the first step
+    assert (tmp_path / "best" / "model.safetensors").is_file()

@@ -120,6 +120,13 @@ def _finetune(args: argparse.Namespace, cfg: FinetuneRunConfig, device, info) ->
     summary = {k: result[k] for k in keys if k in result}
     if info.is_main:
         print(json.dumps({**summary, "checkpoint": str(out / "best")}, indent=2))
+    if result.get("out_of_time"):  # finetune.max_minutes: the partial epoch evaluated, best/ kept
+        print(f"stopped: finetune.max_minutes={cfg.finetune.max_minutes:g} ran out in epoch "
+              f"{len(result['history'])}; {out / 'best'} holds the best epoch so far",
+              file=sys.stderr)  # fmt: skip
+        from .pretrain import OUT_OF_TIME
+
+        return OUT_OF_TIME
     if result.get("interrupted"):  # SIGTERM/SIGINT: the partial epoch was evaluated, best/ kept
         print(f"stopped by a signal in epoch {len(result['history'])}; {out / 'best'} holds the "
               "best epoch so far (fine-tuning does not resume; rerun to train in full)",

@@ -215,7 +215,8 @@ def train(
         atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     progress, step = _Progress(out=out, save=out_dir is not None), 0
     with StopFlag() as flag:
-        stop = _stop_check(flag, info, engine.device)
+        deadline = time.monotonic() + 60 * ft.max_minutes if ft.max_minutes else math.inf
+        stop = _stop_check(flag, info, engine.device, deadline)
         for epoch in range(epochs):
             t0 = time.perf_counter()
             results = train_epoch(engine, recipe, train_items, cfg, epoch=epoch, first_step=step,
@@ -223,22 +224,26 @@ def train(
                                   stop=stop)  # fmt: skip
             step += len(results)
             _end_epoch(engine, recipe, model, cfg, tokenizer, results, epoch, step, t0, progress)
-            if stop(step, final=True):  # SIGTERM/SIGINT: best/ is as good as the run got
+            if stop(step, final=True):  # a signal or the time budget: best/ is as good as it got
                 progress.history[-1]["interrupted"] = True
-                return progress.result(interrupted=True, signal=flag.signum)
+                return progress.result(interrupted=True, signal=flag.signum,
+                                       out_of_time=flag.signum is None)  # fmt: skip
     return progress.result()
 
 
-def _stop_check(flag: StopFlag, info: DistInfo, device: torch.device) -> Callable[..., bool]:
-    """Whether to stop after ``step``: one process at once; several agree every 10 steps (and at
-    the end of an epoch), so that they stop at the same step."""
+def _stop_check(
+    flag: StopFlag, info: DistInfo, device: torch.device, deadline: float = math.inf
+) -> Callable[..., bool]:
+    """Whether to stop after ``step`` (a signal, or ``deadline`` passed): one process at once;
+    several agree every 10 steps (and at the end of an epoch), so that they stop at the same step."""
 
     def stop(step: int, final: bool = False) -> bool:
+        due = flag.stop or time.monotonic() > deadline
         if not info.distributed:
-            return flag.stop
+            return due
         if step % 10 and not final:
             return False
-        t = torch.tensor(float(flag.stop), device=device)
+        t = torch.tensor(float(due), device=device)
         return bool(all_reduce_max(t, info).item())
 
     return stop
