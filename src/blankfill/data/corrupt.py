@@ -70,6 +70,30 @@ def _check_spans(spans: Sequence[Span], n: int) -> tuple[list[Span], list[int]]:
     return out, text_order
 
 
+def _span_arrays(spans: Sequence[Span], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Valid spans as int64 starts [k], ends [k] and their text order [k] (one vectorised check).
+
+    Any invalid input is handed to ``_check_spans``, which raises the precise error.
+    """
+    try:
+        arr = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        ok = arr.shape[0] == len(spans)
+    except (TypeError, ValueError):
+        ok = False
+    if ok:
+        starts, ends = arr[:, 0], arr[:, 1]
+        text_order = np.argsort(starts, kind="stable")
+        s_sorted, e_sorted = starts[text_order], ends[text_order]
+        ok = bool(
+            ((starts >= 0) & (starts < ends) & (ends <= n)).all()
+            and (e_sorted[:-1] <= s_sorted[1:]).all()
+        )
+    if not ok:
+        _check_spans(spans, n)
+        raise AssertionError(f"spans {spans!r} failed the fast check only")  # pragma: no cover
+    return starts, ends, text_order
+
+
 def build_blocks(
     tokens: Sequence[int] | np.ndarray,
     spans: Sequence[Span],
@@ -105,40 +129,49 @@ def build_blocks(
     if text.ndim != 1:
         raise ValueError(f"tokens must be 1-D, got shape {text.shape}")
     n = len(text)
-    spans, text_order = _check_spans(spans, n)
+    starts, ends, text_order = _span_arrays(spans, n)
+    k = len(starts)
     if order is None:
         order = text_order
     else:
         order = [int(i) for i in order]
-        if sorted(order) != list(range(len(spans))):
-            raise ValueError(f"order must be a permutation of range({len(spans)}), got {order}")
-    keep = np.ones(n, dtype=bool)
+        if sorted(order) != list(range(k)):
+            raise ValueError(f"order must be a permutation of range({k}), got {order}")
+        order = np.asarray(order, dtype=np.int64)
+    # Part A: drop every span token but the first, which becomes the blank. `inside` counts, by a
+    # running sum of +1 at start + 1 and -1 at end, whether a text position is a dropped one.
+    step = np.zeros(n + 1, np.int64)
+    step[starts + 1] += 1
+    step[ends] -= 1
+    keep = np.cumsum(step[:n]) == 0  # [n]
     part_a = text.copy()
-    for start, end in spans:
-        part_a[start] = mask_id
-        keep[start + 1 : end] = False
+    part_a[starts] = mask_id
     part_a = part_a[keep]  # [sep]
     sep = len(part_a)
     a_index = np.cumsum(keep) - 1  # [n] index in Part A of each surviving text position
     # Part B, vectorised: span i in `order` occupies [off_i, off_i + m_i] (its [sop] at off_i).
-    S = np.array([spans[i][0] for i in order], dtype=np.int64)  # [k]
-    m = np.array([spans[i][1] - spans[i][0] for i in order], dtype=np.int64)  # [k]
+    S = starts[order]  # [k]
+    m = ends[order] - S  # [k]
     off = np.cumsum(m + 1) - (m + 1)  # [k]
     nb = int((m + 1).sum())
     src = np.repeat(S - off - 1, m + 1) + np.arange(nb)  # [nb] text index of the input token
-    b_in = text[np.clip(src, 0, n - 1)]
+    T = sep + nb
+    input_ids = np.empty(T, np.int64)
+    labels = np.empty(T, np.int64)
+    input_ids[:sep] = part_a
+    labels[:sep] = part_a
+    b_in, b_lab = input_ids[sep:], labels[sep:]  # views
+    np.take(text, src, out=b_in, mode="clip")  # src >= -1; -1 only at a [sop], overwritten
     b_in[off] = sop_id
-    b_lab = text[np.clip(src + 1, 0, n - 1)]
+    np.take(text, src + 1, out=b_lab, mode="clip")  # src + 1 <= n; n only at an [eop]
     b_lab[off + m] = eop_id
-    input_ids = np.concatenate((part_a, b_in))
-    labels = np.concatenate((part_a, b_lab))
-    T = len(input_ids)
+    position_ids = np.zeros((2, T), np.int64)
     if block_positions:
-        pos = np.concatenate((np.arange(sep), np.repeat(a_index[S], m + 1)))
-        blk = np.concatenate((np.zeros(sep, np.int64), np.arange(nb) - np.repeat(off, m + 1) + 1))
-        position_ids = np.stack([pos, blk]).astype(np.int64)
+        position_ids[0, :sep] = np.arange(sep)
+        position_ids[0, sep:] = np.repeat(a_index[S], m + 1)
+        position_ids[1, sep:] = np.arange(nb) - np.repeat(off, m + 1) + 1
     else:
-        position_ids = np.stack([np.arange(T, dtype=np.int64), np.zeros(T, dtype=np.int64)])
+        position_ids[0] = np.arange(T)
     loss_mask = np.zeros(T, dtype=np.float32)
     loss_mask[sep:] = 1.0
     return Example(
@@ -221,9 +254,12 @@ def sample_span_lengths(target: int, rng: np.random.Generator, *, pmf: np.ndarra
     mean = float(np.dot(np.arange(1, len(pmf) + 1), pmf))
     out: list[int] = []
     total = 0
+    # Exactly what ``rng.choice(len(pmf), size=need, p=pmf)`` draws, without its checks.
+    cdf = pmf.cumsum()
+    cdf /= cdf[-1]
     while total < target:
         need = int((target - total) / mean) + 4
-        draws = rng.choice(len(pmf), size=need, p=pmf) + 1
+        draws = cdf.searchsorted(rng.random(need), side="right") + 1
         csum = total + np.cumsum(draws)
         stop = int(np.searchsorted(csum, target))  # first index with csum >= target
         if stop < need:
@@ -259,11 +295,10 @@ def _spans_in_segment(
     """Place spans uniformly at random in a segment, non-overlapping, >= 1 visible token apart."""
     free = length - sum(lengths) - len(lengths) + 1
     places = np.sort(rng.integers(0, free + 1, size=len(lengths)))
-    spans = []
-    for place, m in zip(places.tolist(), lengths, strict=False):
-        spans.append((offset + place, offset + place + m))
-        offset += m + 1
-    return spans
+    m = np.asarray(lengths, dtype=np.int64)
+    # span i starts after the i earlier spans and their one-token gaps
+    starts = offset + places + np.cumsum(m + 1) - (m + 1)
+    return list(zip(starts.tolist(), (starts + m).tolist(), strict=True))
 
 
 def place_spans(
@@ -279,21 +314,21 @@ def place_spans(
     ``floor(ratio * its length)``; the longest takes the rest. Returns None when not every span
     fits (the official code drops such a sample; the caller redraws).
     """
-    lengths = [lengths[i] for i in rng.permutation(len(lengths))]
+    shuffled = np.asarray(lengths, dtype=np.int64)[rng.permutation(len(lengths))]
+    lengths = shuffled.tolist()
+    csum = np.cumsum(shuffled)  # [K], strictly increasing (lengths >= 1)
     order = sorted(range(len(segments)), key=lambda i: segments[i][1])
     spans: list[Span] = []
     used = 0
     for rank, i in enumerate(order):
         offset, length = segments[i]
-        take, total = 0, 0
-        last = rank == len(order) - 1
-        budget = int(length * ratio)
-        while used + take < len(lengths):
-            m = lengths[used + take]
-            if (m + total + take > length) if last else (m + total > budget):
-                break
-            total += m
-            take += 1
+        # Take the longest run of the next lengths that fits: their total within the budget, or,
+        # in the longest document, with one visible token between spans.
+        rest = csum[used:] - (csum[used - 1] if used else 0)  # [K - used] running totals
+        if rank == len(order) - 1:
+            take = int(np.searchsorted(rest + np.arange(len(rest)), length, side="right"))
+        else:
+            take = int(np.searchsorted(rest, int(length * ratio), side="right"))
         if take:
             spans += _spans_in_segment(lengths[used : used + take], offset, length, rng)
             used += take
