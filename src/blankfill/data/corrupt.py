@@ -82,8 +82,12 @@ def _span_arrays(spans: Sequence[Span], n: int) -> tuple[np.ndarray, np.ndarray,
         ok = False
     if ok:
         starts, ends = arr[:, 0], arr[:, 1]
-        text_order = np.argsort(starts, kind="stable")
-        s_sorted, e_sorted = starts[text_order], ends[text_order]
+        if (starts[1:] > starts[:-1]).all():  # already in text order (the objectives sort them)
+            text_order = np.arange(len(starts))
+            s_sorted, e_sorted = starts, ends
+        else:
+            text_order = starts.argsort(kind="stable")
+            s_sorted, e_sorted = starts[text_order], ends[text_order]
         ok = bool(
             ((starts >= 0) & (starts < ends) & (ends <= n)).all()
             and (e_sorted[:-1] <= s_sorted[1:]).all()
@@ -143,33 +147,33 @@ def build_blocks(
     step = np.zeros(n + 1, np.int64)
     step[starts + 1] += 1
     step[ends] -= 1
-    keep = np.cumsum(step[:n]) == 0  # [n]
+    keep = step[:n].cumsum() == 0  # [n]
     part_a = text.copy()
     part_a[starts] = mask_id
     part_a = part_a[keep]  # [sep]
     sep = len(part_a)
-    a_index = np.cumsum(keep) - 1  # [n] index in Part A of each surviving text position
+    a_index = keep.cumsum() - 1  # [n] index in Part A of each surviving text position
     # Part B, vectorised: span i in `order` occupies [off_i, off_i + m_i] (its [sop] at off_i).
     S = starts[order]  # [k]
     m = ends[order] - S  # [k]
-    off = np.cumsum(m + 1) - (m + 1)  # [k]
+    off = (m + 1).cumsum() - (m + 1)  # [k]
     nb = int((m + 1).sum())
-    src = np.repeat(S - off - 1, m + 1) + np.arange(nb)  # [nb] text index of the input token
+    src = (S - off - 1).repeat(m + 1) + np.arange(nb)  # [nb] text index of the input token
     T = sep + nb
     input_ids = np.empty(T, np.int64)
     labels = np.empty(T, np.int64)
     input_ids[:sep] = part_a
     labels[:sep] = part_a
     b_in, b_lab = input_ids[sep:], labels[sep:]  # views
-    np.take(text, src, out=b_in, mode="clip")  # src >= -1; -1 only at a [sop], overwritten
+    text.take(src, out=b_in, mode="clip")  # src >= -1; -1 only at a [sop], overwritten
     b_in[off] = sop_id
-    np.take(text, src + 1, out=b_lab, mode="clip")  # src + 1 <= n; n only at an [eop]
+    text.take(src + 1, out=b_lab, mode="clip")  # src + 1 <= n; n only at an [eop]
     b_lab[off + m] = eop_id
     position_ids = np.zeros((2, T), np.int64)
     if block_positions:
         position_ids[0, :sep] = np.arange(sep)
-        position_ids[0, sep:] = np.repeat(a_index[S], m + 1)
-        position_ids[1, sep:] = np.arange(nb) - np.repeat(off, m + 1) + 1
+        position_ids[0, sep:] = a_index[S].repeat(m + 1)
+        position_ids[1, sep:] = np.arange(nb) - off.repeat(m + 1) + 1
     else:
         position_ids[0] = np.arange(T)
     loss_mask = np.zeros(T, dtype=np.float32)
@@ -260,8 +264,8 @@ def sample_span_lengths(target: int, rng: np.random.Generator, *, pmf: np.ndarra
     while total < target:
         need = int((target - total) / mean) + 4
         draws = cdf.searchsorted(rng.random(need), side="right") + 1
-        csum = total + np.cumsum(draws)
-        stop = int(np.searchsorted(csum, target))  # first index with csum >= target
+        csum = total + draws.cumsum()
+        stop = int(csum.searchsorted(target))  # first index with csum >= target
         if stop < need:
             out.extend(draws[: stop + 1].tolist())
             return out
@@ -295,10 +299,11 @@ def _spans_in_segment(
     """Place spans uniformly at random in a segment, non-overlapping, >= 1 visible token apart."""
     free = length - sum(lengths) - len(lengths) + 1
     places = np.sort(rng.integers(0, free + 1, size=len(lengths)))
-    m = np.asarray(lengths, dtype=np.int64)
-    # span i starts after the i earlier spans and their one-token gaps
-    starts = offset + places + np.cumsum(m + 1) - (m + 1)
-    return list(zip(starts.tolist(), (starts + m).tolist(), strict=True))
+    spans = []
+    for place, m in zip(places.tolist(), lengths, strict=False):
+        spans.append((offset + place, offset + place + m))
+        offset += m + 1
+    return spans
 
 
 def place_spans(
@@ -314,21 +319,21 @@ def place_spans(
     ``floor(ratio * its length)``; the longest takes the rest. Returns None when not every span
     fits (the official code drops such a sample; the caller redraws).
     """
-    shuffled = np.asarray(lengths, dtype=np.int64)[rng.permutation(len(lengths))]
-    lengths = shuffled.tolist()
-    csum = np.cumsum(shuffled)  # [K], strictly increasing (lengths >= 1)
+    lengths = [lengths[i] for i in rng.permutation(len(lengths))]
     order = sorted(range(len(segments)), key=lambda i: segments[i][1])
     spans: list[Span] = []
     used = 0
     for rank, i in enumerate(order):
         offset, length = segments[i]
-        # Take the longest run of the next lengths that fits: their total within the budget, or,
-        # in the longest document, with one visible token between spans.
-        rest = csum[used:] - (csum[used - 1] if used else 0)  # [K - used] running totals
-        if rank == len(order) - 1:
-            take = int(np.searchsorted(rest + np.arange(len(rest)), length, side="right"))
-        else:
-            take = int(np.searchsorted(rest, int(length * ratio), side="right"))
+        take, total = 0, 0
+        last = rank == len(order) - 1
+        budget = int(length * ratio)
+        while used + take < len(lengths):
+            m = lengths[used + take]
+            if (m + total + take > length) if last else (m + total > budget):
+                break
+            total += m
+            take += 1
         if take:
             spans += _spans_in_segment(lengths[used : used + take], offset, length, rng)
             used += take

@@ -32,6 +32,8 @@ from .store import TokenStore, special_to_dict
 #: Documents are assigned to the validation split by this fixed seed (not data.seed), so changing
 #: the data seed never moves documents between splits.
 SPLIT_SEED = 20220317
+#: Batches each worker process keeps ready ahead of the trainer.
+PREFETCH = 4
 
 
 def split_documents(num_documents: int, valid_fraction: float, split: str) -> np.ndarray:
@@ -166,6 +168,10 @@ class PretrainLoader:
         return (self._step * self.world_size + self.rank) * self.cfg.batch_size
 
     def __iter__(self) -> Iterator[Batch]:
+        """Batches from the next step on. With ``data.num_workers`` > 0 they are made ahead of
+        the trainer (``PREFETCH`` per worker) in worker processes, sent as one buffer each, and
+        pinned when CUDA is available so the copy to the GPU overlaps compute; the batches and
+        their order are the same as without workers."""
         if self.cfg.num_workers == 0:
             while True:
                 batch = self.batch(self._step)
@@ -175,11 +181,13 @@ class PretrainLoader:
             _Steps(self, self._step),
             batch_size=None,
             num_workers=self.cfg.num_workers,
-            prefetch_factor=2,
+            prefetch_factor=PREFETCH,
         )
-        for batch in loader:
+        pin = torch.cuda.is_available()
+        for layout, buffer in loader:
+            buffer = torch.as_tensor(buffer)  # the DataLoader hands numpy arrays over as tensors
             self._step += 1
-            yield batch
+            yield Batch.from_buffer(layout, buffer.pin_memory() if pin else buffer)
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream stands: samples consumed by all ranks, and what must match on resume."""
@@ -221,5 +229,5 @@ class _Steps(torch.utils.data.IterableDataset):
         w, k = (info.id, info.num_workers) if info is not None else (0, 1)
         step = self.start + w
         while True:
-            yield self.loader.batch(step)
+            yield self.loader.batch(step).to_buffer()  # one buffer: one transfer per batch
             step += k

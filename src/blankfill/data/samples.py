@@ -50,7 +50,7 @@ class SplitView:
 
     def locate(self, anchor: int) -> tuple[int, int]:
         """(document position in the split, offset inside it) of split token ``anchor``."""
-        d = int(np.searchsorted(self.cum, anchor, side="right")) - 1
+        d = int(self.cum.searchsorted(anchor, side="right")) - 1
         return d, int(anchor - self.cum[d])
 
 
@@ -90,7 +90,7 @@ def _snap_start(
 
 def _cut_at_sentence_end(ends: np.ndarray, n: int) -> int:
     """Length to keep of a prefix of ``n`` tokens so that it ends at a sentence end."""
-    hit = np.flatnonzero(ends[:n])
+    hit = ends[:n].nonzero()[0]
     if len(hit) and hit[-1] + 1 >= n // 2:
         return int(hit[-1]) + 1
     return n
