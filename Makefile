@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m blankfill.demo
+	$(PY) -m blankfill demo
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks

@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from common import REPO, emit, machine, token_store
 
-from blankfill.config import CorruptConfig, DataConfig, preset
+from blankfill.config import CorruptConfig, DataConfig
 from blankfill.data.loader import PretrainLoader
 from blankfill.data.store import TokenStore
 from blankfill.model import GLM
+from blankfill.presets import preset
 
 
 def make(precision: str, dropout_seed: int):

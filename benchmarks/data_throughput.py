@@ -18,11 +18,12 @@ import time
 import torch
 from common import emit, machine, token_store
 
-from blankfill.config import CorruptConfig, DataConfig, preset
+from blankfill.config import CorruptConfig, DataConfig
 from blankfill.data.loader import PretrainLoader
 from blankfill.data.pack import collate_pack, collate_pad
 from blankfill.data.store import TokenStore
 from blankfill.model import count_parameters
+from blankfill.presets import preset
 
 MIXES = {"token": (1.0, 0.0, 0.0), "multi": (0.5, 0.25, 0.25)}
 

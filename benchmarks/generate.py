@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from blankfill.config import preset
 from blankfill.generate import InfillIds, decoding_layout_, generate
 from blankfill.model import GLM
+from blankfill.presets import preset
 
 PAD, SOP, EOP, GMASK = 0, 1, 2, 3
 IDS = InfillIds(blanks=(GMASK,), sop=SOP, eop=EOP, pad=PAD)

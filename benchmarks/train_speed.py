@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from common import emit, machine, token_store
 
 from blankfill import hardware
-from blankfill.config import CorruptConfig, DataConfig, preset
+from blankfill.config import CorruptConfig, DataConfig
 from blankfill.data.loader import PretrainLoader
 from blankfill.data.store import TokenStore
 from blankfill.model import GLM
+from blankfill.presets import preset
 
 L, D, H, V = 6, 512, 8, 8192
 

@@ -303,6 +303,17 @@ def test_pickle_that_needs_code_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_model_overrides_replace_the_source_config(tmp_path, capsys):
+    save_pretrained(_random_model(), tmp_path / "src")
+    argv = ["convert", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "erf")]
+    assert cli.main([*argv, "--model.gelu=erf", "--set", "attention=eager"]) == 0
+    cfg = json.loads((tmp_path / "erf" / "config.json").read_text())
+    assert (cfg["gelu"], cfg["attention"], cfg["num_layers"]) == ("erf", "eager", 2)
+    capsys.readouterr()
+    assert cli.main([*argv[:-1], str(tmp_path / "x"), "--model.gelu=relu"]) == 2
+    assert "--model.gelu=relu: model.gelu must be one of 'tanh', 'erf'" in capsys.readouterr().err
+
+
 class _Custom:
     pass
 
@@ -343,7 +354,7 @@ def test_missing_mp_rank_and_sentencepiece(tmp_path):
     torch.save({"module": shards[1]}, tmp_path / "mp_rank_01_model_states.pt")
     with pytest.raises(ConfigError, match=r"ranks \[1\] are not 0..0"):
         load_pretrained(tmp_path)
-    from blankfill.pretrained import load_folder_tokenizer
+    from blankfill.folder import load_folder_tokenizer
 
     spm = tmp_path / "spm"
     spm.mkdir()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
-from blankfill import demo
+from blankfill import cli, demo
+
+DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo.toml")
 
 WORDS = "my lord good king queen love night day sweet death heart sir the of and to".split()
 
@@ -26,8 +29,10 @@ def corpus(tmp_path):
 def test_demo_trains_fills_and_reuses(tmp_path, corpus, capsys, monkeypatch):
     monkeypatch.setattr(demo, "PROMPTS", ["Good [MASK], my lord.", "KING.\n[gMASK]"])
     out_dir = tmp_path / "demo"
-    args = ["--dir", str(out_dir), "--corpus", str(corpus), "--steps", "2", "--eval-batches", "1"]
-    assert demo.main(args) == 0
+    args = ["demo", "--dir", str(out_dir), "--config", DEMO_CONFIG, "--corpus", str(corpus)]
+    args += ["--log.every=1"]  # the demo takes the run config's overrides too
+    args += ["--steps", "2", "--eval-batches", "1"]
+    assert cli.main(args) == 0
     first = capsys.readouterr().out
     # the small corpus gives a smaller vocabulary than the config's: the model follows it
     assert "blanks filled by blankfill.fill" in first
@@ -36,7 +41,7 @@ def test_demo_trains_fills_and_reuses(tmp_path, corpus, capsys, monkeypatch):
     assert json.loads((out_dir / "run" / demo.FINISHED).read_text())["step"] == 2
     assert "blankfill fill --model" in first
 
-    assert demo.main(args[:-4] + ["--eval-batches", "1"]) == 0  # no --steps: reuse everything
+    assert cli.main(args[:-4] + ["--eval-batches", "1"]) == 0  # no --steps: reuse everything
     second = capsys.readouterr().out
     assert "tokenizer: reusing" in second and "token store: reusing" in second
     assert "pretraining: reusing" in second and "step-00000002" in second

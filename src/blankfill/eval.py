@@ -1,4 +1,4 @@
-"""Metrics (accuracy, macro-F1, MultiRC F1a/EM, ReCoRD F1/EM) and the ``blankfill evaluate`` command.
+"""Metrics (accuracy, macro-F1, MultiRC F1a/EM, ReCoRD F1/EM): a leaf module (imports nothing of ours).
 
 Metrics are pure functions of predictions and gold values. ``cloze_metrics(task, records, scores)``
 turns per-record candidate scores into the task's official metric (spec §4.1, §5).
@@ -6,7 +6,6 @@ turns per-record candidate scores into the task's official metric (spec §4.1, �
 
 from __future__ import annotations
 
-import argparse
 import collections
 import re
 import string
@@ -113,37 +112,3 @@ def majority_baseline(task: ClozeTask, train: Sequence[dict], valid: Sequence[di
     top = counts.most_common(1)[0][0] if counts else 0
     n = len(task.labels)
     return cloze_metrics(task, valid, [[float(i == top) for i in range(n)] for _ in valid])
-
-
-# --------------------------------------------------------------------------------------------
-# blankfill evaluate
-# --------------------------------------------------------------------------------------------
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True,
-                   help="a cloze task (boolq, cb, copa, rte, wic, wsc, multirc, record, sst2, or "
-                   "a task .toml); lambada; ppl (perplexity of a text file); or seq2seq")  # fmt: skip
-    p.add_argument("--data", required=True, help="data file (.jsonl, .tsv, .txt, .source)")
-    p.add_argument("--model", required=True, help="model folder (weights + tokenizer), "
-                   "pretrained (zero-shot) or written by blankfill finetune")  # fmt: skip
-    p.add_argument("--out", default=None, help="also write the result JSON to this file")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--pattern-id", type=int, default=None, help="cloze pattern (task default)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per forward")
-    p.add_argument("--max-seq-len", type=int, default=None, help="default: task/model maximum")
-    p.add_argument("--length-penalty", type=float, default=None,
-                   help="multi-token answers: score / len**length_penalty (default 0)")  # fmt: skip
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
-    p.add_argument("--unidirectional", action="store_true",
-                   help="lambada/ppl: left-to-right only (no bidirectional Part A)")  # fmt: skip
-    p.add_argument("--stride", type=int, default=256, help="ppl: new tokens scored per window")
-    p.add_argument("--decoding", default="",
-                   help="seq2seq: key=value,... e.g. num_beams=5,length_penalty=0.7,"
-                   "min_length=55,no_repeat_ngram_size=3,max_new_tokens=160")  # fmt: skip
-
-
-def run(args: argparse.Namespace) -> int:
-    from .finetune.cli import run_evaluate
-
-    return run_evaluate(args)

@@ -1,4 +1,4 @@
-"""Blank filling on text: ``fill(model, tokenizer, text, **decoding)`` and ``blankfill fill``.
+"""Blank filling on text: ``fill(model, tokenizer, text, **decoding)`` (``blankfill fill``).
 
 The prompt is built as the official ``generate_samples.py`` builds it (spec §4.4): ``[CLS]`` +
 the text's tokens + ``[eos]``, except that no ``[eos]`` follows a final ``[gMASK]``; a text with
@@ -9,27 +9,18 @@ marker (and the whitespace it absorbed) with its fill.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import inspect
-import json
 import re
-import sys
-import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import DecodingConfig
+from .folder import check_compatible
 from .generate import Fill, InfillIds, decoding_config, decoding_layout_, generate
 from .model import GLM
 from .tokenizer import ROLE_TEXT, Tokenizer
-
-# --------------------------------------------------------------------------------------------
-# Python API
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,31 +37,6 @@ class FillResult:
     def marked(self, open_: str = "[", close: str = "]") -> str:
         """The filled text with each fill between ``open_`` and ``close``, e.g. "the [cat] sat"."""
         return _render(self.around, self.absorbed, [f.text for f in self.fills], open_, close)
-
-
-def check_compatible(model: GLM, tokenizer: Tokenizer, reference: Tokenizer | None = None) -> None:
-    """Raise a one-line ValueError unless ``tokenizer`` belongs to ``model``.
-
-    Args:
-        reference: the tokenizer saved with the model, if any; its special ids must agree.
-    """
-    V = model.config.vocab_size
-    if tokenizer.padded_vocab_size != V:
-        raise ValueError(
-            f"tokenizer and model do not belong together: the tokenizer's padded vocabulary is "
-            f"{tokenizer.padded_vocab_size} rows but the model has {V}; use the tokenizer saved "
-            "with the model"
-        )
-    if reference is not None and reference.special != tokenizer.special:
-        diff = [
-            f"{k} {v} vs {reference.special.to_dict()[k]}"
-            for k, v in tokenizer.special.to_dict().items()
-            if v != reference.special.to_dict()[k]
-        ]
-        raise ValueError(
-            "tokenizer and model do not belong together: special ids differ from the tokenizer "
-            f"saved with the model ({', '.join(diff)})"
-        )
 
 
 def blank_pattern(tokenizer: Tokenizer) -> re.Pattern[str]:
@@ -190,71 +156,17 @@ class BlankFiller:
     @classmethod
     def from_pretrained(cls, path: str | Path, tokenizer: str | Path | None = None) -> BlankFiller:
         """Load a model folder (``save_pretrained``) and its tokenizer (or the one at ``tokenizer``)."""
-        from .pretrained import load_pretrained
-        from .tokenizer import SPECIAL_FILE, load_tokenizer
+        from .folder import load_model_and_tokenizer
 
-        model = load_pretrained(path)
-        saved = load_tokenizer(path) if (Path(path) / SPECIAL_FILE).is_file() else None
-        if tokenizer is None and saved is None:
-            raise ValueError(f"no tokenizer saved in {path}; pass --tokenizer DIR")
-        tok = load_tokenizer(tokenizer) if tokenizer is not None else saved
-        check_compatible(model, tok, reference=saved)
-        return cls(model, tok)
+        return cls(*load_model_and_tokenizer(path, tokenizer))
 
     def fill(self, text: str | Sequence[str], decoding: DecodingConfig | None = None, **kw: Any):
         """``blankfill.fill`` with this model and tokenizer."""
         return fill(self.model, self.tokenizer, text, decoding, **kw)
 
 
-# --------------------------------------------------------------------------------------------
-# CLI: blankfill fill --model DIR [TEXT | -]
-# --------------------------------------------------------------------------------------------
-
-
-def _field_help() -> dict[str, str]:
-    """Each DecodingConfig field's trailing comment (one source of truth for the flags' help)."""
-    src = inspect.getsource(DecodingConfig)
-    return dict(re.findall(r"^\s+(\w+): [^=]+= [^#\n]+#\s*(.+)$", src, flags=re.M))
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("text", nargs="?", help="a prompt; '-' or absent: one prompt per line of stdin")
-    p.add_argument("--model", required=True, help="model folder (save_pretrained)")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the one in --model)")
-    p.add_argument("--file", help="read prompts from this file, one per line")
-    p.add_argument("--batch-size", type=int, default=1, help="prompts per batch (1: stream)")
-    p.add_argument("--json", action="store_true", help="one JSON object per prompt")
-    p.add_argument("--mark", action="store_true", help="show each fill between [ and ]")
-    helps = _field_help()
-    hints = typing.get_type_hints(DecodingConfig)
-    g = p.add_argument_group("decoding")
-    for f in dataclasses.fields(DecodingConfig):
-        choices = typing.get_args(hints[f.name]) if f.name == "strategy" else None
-        g.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            default=None,
-            choices=choices,
-            metavar=None if choices else f.name.split("_")[-1].upper(),
-            help=f"{helps.get(f.name, '')} (default: {f.default})",
-        )
-
-
-def _prompts(args: argparse.Namespace) -> Iterator[tuple[int, str]]:
-    """(input line number, prompt); blank lines are skipped."""
-    if args.text is not None and args.text != "-" and not args.file:
-        yield 1, args.text
-        return
-    with (
-        open(args.file, encoding="utf-8") if args.file else contextlib.nullcontext(sys.stdin) as fh
-    ):
-        for i, line in enumerate(fh, 1):
-            if line.strip():
-                yield i, line.rstrip("\n")
-
-
-class _Streamer:
-    """Prints one prompt's filled text as its tokens arrive (held back mid multi-byte character)."""
+class Streamer:
+    """Writes one prompt's filled text as its tokens arrive (held back mid multi-byte character)."""
 
     def __init__(
         self, tokenizer: Tokenizer, text: str, n_blanks: int, out: Any, mark: tuple[str, str]
@@ -298,56 +210,3 @@ class _Streamer:
         self._close()
         self.out.write("\n")
         self.out.flush()
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(DecodingConfig)
-        if getattr(args, f.name) is not None
-    }
-    cfg = decoding_config(**settings)  # bad settings fail before the model loads
-    if args.batch_size < 1:
-        raise ValueError("--batch-size must be >= 1")
-    filler = BlankFiller.from_pretrained(args.model, args.tokenizer)
-    stream = args.batch_size == 1 and not args.json
-    mark = ("[", "]") if args.mark else ("", "")
-    batch: list[str] = []
-    lines: list[int] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        try:
-            decode_batch()
-        except ValueError as e:  # name the input line, not the index inside the batch
-            raise ValueError(
-                re.sub(r"prompt (\d+)", lambda m: f"prompt on line {lines[int(m[1])]}", str(e))
-            ) from None
-        batch.clear()
-        lines.clear()
-
-    def decode_batch() -> None:
-        if stream:
-            n = sum(
-                t in filler.tokenizer.mask_ids for t in build_prompt(filler.tokenizer, batch[0])
-            )
-            printer = _Streamer(filler.tokenizer, batch[0], n, sys.stdout, mark)
-            filler.fill(batch, cfg, on_token=lambda b, r, ids: printer.token(r, ids))
-            printer.finish()
-        else:
-            for r in filler.fill(batch, cfg):
-                if args.json:
-                    fills = [{**dataclasses.asdict(f), "logprob": f.logprob} for f in r.fills]
-                    print(json.dumps({"prompt": r.prompt, "text": r.text, "fills": fills}))
-                else:
-                    print(r.marked(*mark))
-            sys.stdout.flush()
-
-    for line_no, line in _prompts(args):
-        batch.append(line)
-        lines.append(line_no)
-        if len(batch) == args.batch_size:
-            flush()
-    flush()
-    return 0

@@ -32,7 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import convert
-from .config import ConfigError, ModelConfig, read_model_config, to_dict
+from .config import ConfigError, ModelConfig, to_dict
+from .hub import hub_config, read_model_config
 from .model import GLM
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ def save_state(
     if to_format == "blankfill":
         config, weights = {"format": "blankfill", **to_dict(cfg)}, "safetensors"
     else:
-        config, state = convert.hub_config(cfg, _dtype(state)), convert.to_theirs(state)
+        config, state = hub_config(cfg, _dtype(state)), convert.to_theirs(state)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     name = WEIGHTS_NAME if weights == "safetensors" else HUB_BIN_NAME
     tmp = path / f".{name}.tmp"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig, preset
+from .config import ModelConfig
+from .presets import preset
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -28,76 +28,27 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from .config import pad_vocab
+from .special_tokens import (
+    _VOCAB_TEXT,
+    FORMAT,
+    ROLE_TEXT,
+    ROLES,
+    SPECIAL_FILE,
+    TOKENIZER_FILE,
+    TRAINED_SPECIALS,
+    SpecialTokens,
+)
+from .vocab_files import _added, _append, _byte_bpe, _existing_file, _index, _read_bpe, _require
 
 Kind = Literal["bpe", "bert", "gpt2", "roberta"]
-
-ROLES = ("pad", "eos", "cls", "mask", "smask", "gmask", "sop", "eop", "sep", "unk")
-# Text of each role as GLM writes it (official CommandToken names).
-ROLE_TEXT = {
-    "pad": "<|endoftext|>",
-    "eos": "<|endoftext|>",
-    "cls": "[CLS]",
-    "mask": "[MASK]",
-    "smask": "[sMASK]",
-    "gmask": "[gMASK]",
-    "sop": "<|startofpiece|>",
-    "eop": "<|endofpiece|>",
-    "sep": "[SEP]",
-    "unk": "[UNK]",
-}
-# Token order of a trained BPE: these take ids 0..8 (pad = eos = 0, so zero padding is eos).
-TRAINED_SPECIALS = tuple(dict.fromkeys(ROLE_TEXT[r] for r in ("eos", *ROLES[2:])))
-# Role -> its text in each official vocabulary, where it differs from GLM's (spec §2 table).
-_VOCAB_TEXT: dict[str, dict[str, str]] = {
-    "bert": {**ROLE_TEXT, "pad": "[PAD]", "eos": "[PAD]"},
-    "gpt2": ROLE_TEXT,
-    "roberta": {
-        **ROLE_TEXT,
-        "pad": "</s>",
-        "eos": "</s>",
-        "sep": "</s>",
-        "cls": "<s>",
-        "mask": "<mask>",
-        "unk": "<unk>",
-    },
-}
-_LSTRIP = frozenset({"[MASK]", "[sMASK]", "[gMASK]", "<mask>"})  # official lstrip=True
-TOKENIZER_FILE = "tokenizer.json"
-SPECIAL_FILE = "special_tokens.json"
-FORMAT = "blankfill-tokenizer/1"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SpecialTokens:
-    """Ids of GLM's command tokens (spec §2); ``smask``/``gmask`` are None without task masks."""
-
-    pad: int  # padding id (rows are padded with it after Part B)
-    eos: int  # end of document
-    cls: int  # first token of Part A (official ENC)
-    mask: int  # [MASK]: token-level blank
-    sop: int  # <|startofpiece|>: opens a span in Part B
-    eop: int  # <|endofpiece|>: closes a span in Part B
-    sep: int  # [SEP]
-    unk: int  # [UNK]
-    smask: int | None = None  # [sMASK]: sentence-level blank
-    gmask: int | None = None  # [gMASK]: document-level blank
-
-    @property
-    def mask_ids(self) -> tuple[int, ...]:
-        """The blank ids present, in the order [MASK], [sMASK], [gMASK]."""
-        return tuple(i for i in (self.mask, self.smask, self.gmask) if i is not None)
-
-    def to_dict(self) -> dict[str, int | None]:
-        return asdict(self)
 
 
 class Tokenizer:
@@ -442,85 +393,6 @@ def _load_saved(path: Path) -> Tokenizer:
             f"{TOKENIZER_FILE} has {tok.vocab_size}; the two files do not belong together"
         )
     return tok
-
-
-# ---- helpers ---------------------------------------------------------------------------------
-
-
-def _added(text: str) -> AddedToken:
-    return AddedToken(text, special=True, normalized=False, lstrip=text in _LSTRIP)
-
-
-def _existing_file(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} file {path} does not exist; check the path")
-    return path
-
-
-def _index(tokens: list[str], path: Path) -> dict[str, int]:
-    vocab: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        if t in vocab:
-            raise ValueError(f"{path}: token {t!r} appears twice (ids {vocab[t]} and {i})")
-        vocab[t] = i
-    return vocab
-
-
-def _require(vocab: dict[str, int], tokens: Sequence[str], path: Path) -> None:
-    missing = [t for t in tokens if t not in vocab]
-    if missing:
-        raise ValueError(
-            f"{path} lacks the special token(s) {', '.join(missing)}; "
-            "is it the right kind of vocabulary?"
-        )
-
-
-def _append(vocab: dict[str, int], tokens: Sequence[str], path: Path) -> dict[str, int]:
-    """Append GLM's command tokens after the base vocabulary (official order, spec §2)."""
-    clash = [t for t in tokens if t in vocab]
-    if clash:
-        raise ValueError(
-            f"{path} already contains {', '.join(clash)}; pass the base vocabulary "
-            "without GLM's command tokens (they are appended with the official ids)"
-        )
-    return vocab | {t: len(vocab) + k for k, t in enumerate(tokens)}
-
-
-def _read_bpe(
-    vocab_json: str | os.PathLike, merges_txt: str | os.PathLike
-) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    vpath = _existing_file(vocab_json, "BPE vocab.json")
-    mpath = _existing_file(merges_txt, "BPE merges.txt")
-    try:
-        vocab = json.loads(vpath.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{vpath} is not valid JSON ({e})") from e
-    if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
-        raise ValueError(f"{vpath} must be a JSON object mapping token -> integer id")
-    if sorted(vocab.values()) != list(range(len(vocab))):
-        raise ValueError(f"{vpath}: ids must be exactly 0..{len(vocab) - 1}, each once")
-    merges = []
-    for n, line in enumerate(mpath.read_text(encoding="utf-8").split("\n"), 1):
-        line = line.rstrip("\r")
-        if not line or (n == 1 and line.startswith("#version")):
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2:
-            raise ValueError(f"{mpath}:{n}: a merge is two tokens separated by one space")
-        merges.append((parts[0], parts[1]))
-    return vocab, merges
-
-
-def _byte_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Backend:
-    try:
-        model = models.BPE(vocab, merges)
-    except Exception as e:  # e.g. a merge whose token is not in the vocabulary
-        raise ValueError(f"vocab.json and merges.txt do not fit together: {e}") from e
-    backend = Backend(model)
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return backend
 
 
 __all__ = ["ROLES", "ROLE_TEXT", "SpecialTokens", "Tokenizer", "load_tokenizer", "train_tokenizer"]

@@ -51,9 +51,21 @@ def test_cli_errors_are_one_line(folders, tmp_path, capsys):
     assert cli.main(argv) == 2
     assert "optim.lr must be > 0" in capsys.readouterr().err
     assert cli.main(argv[:-1] + ["--finetune.epoch=3"]) == 2
-    assert "did you mean 'epochs'" in capsys.readouterr().err
+    assert "--finetune.epoch: unknown key; did you mean finetune.epochs?" in capsys.readouterr().err
     argv = ["evaluate", "--task", "cb", "--data", str(data), "--model", str(model_dir)]
     assert cli.main(argv) == 2
     assert "data.csv:1: not valid JSON" in capsys.readouterr().err
+    # evaluate takes --decoding.* only; a wrong section is named before any file is read
+    assert (
+        cli.main(["evaluate", "--task", "cb", "--data", "x", "--model", "y", "--optim.lr=1"]) == 2
+    )
+    assert capsys.readouterr().err.startswith("blankfill evaluate: error: --optim.lr: unknown key")
+    assert (
+        cli.main(
+            ["evaluate", "--task", "cb", "--data", "x", "--model", "y", "--decoding.num_beam=2"]
+        )
+        == 2
+    )
+    assert "did you mean decoding.num_beams?" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["evaluate", "--task", "cb", "--data", "x", "--model", "y", "--optim.lr=1"])
+        cli.main(["evaluate", "--task", "cb", "--data", "x", "--model", "y", "stray"])

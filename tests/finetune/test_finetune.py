@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from blankfill.config import load_finetune_config
+from blankfill.config import FinetuneRunConfig, load_config
 from blankfill.finetune.runner import evaluate_cloze, finetune_cloze
 from blankfill.finetune.tasks import ClozeTask
 from blankfill.model import GLM
@@ -40,7 +40,7 @@ def test_finetuning_a_tiny_model_reaches_90_percent(tmp_path):
     tok = train_tokenizer([r["text"] for r in train] + [" Colour: Red. Colour: Green."] * 9, 384)
     torch.manual_seed(0)
     model = GLM(tiny_config())
-    cfg = load_finetune_config(None, ["optim.lr=3e-3", "finetune.device=cpu"])
+    cfg = load_config(FinetuneRunConfig, None, ["optim.lr=3e-3", "finetune.device=cpu"])
     before = evaluate_cloze(model, tok, SENTIMENT, valid)
     result = finetune_cloze(model, tok, SENTIMENT, train, valid, cfg, out_dir=tmp_path / "run")
     assert result["best"]["accuracy"] > 0.9, (before, result["history"])
@@ -60,8 +60,8 @@ def test_classifier_head_ablation_trains(tmp_path):
     tok = train_tokenizer([r["text"] for r in train] + [" Colour: Red. Colour: Green."] * 9, 384)
     torch.manual_seed(0)
     model = GLM(tiny_config())
-    cfg = load_finetune_config(
-        None, ["optim.lr=5e-3", "finetune.head=classifier", "finetune.epochs=5"]
+    cfg = load_config(
+        FinetuneRunConfig, None, ["optim.lr=5e-3", "finetune.head=classifier", "finetune.epochs=5"]
     )
     result = finetune_cloze(model, tok, SENTIMENT, train, valid, cfg, out_dir=tmp_path)
     assert result["best"]["accuracy"] > 0.9, result["history"]

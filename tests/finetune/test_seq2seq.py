@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blankfill.config import load_finetune_config
+from blankfill.config import FinetuneRunConfig, load_config
 from blankfill.finetune.cloze import collate
 from blankfill.finetune.seq2seq import (
     encode_pair,
     evaluate_seq2seq,
     finetune_seq2seq,
-    parse_decoding,
     read_pairs,
     rouge,
     seq2seq_loss,
@@ -36,10 +35,6 @@ def test_read_pairs_from_source_target_and_jsonl(tmp_path):
     (tmp_path / "train.target").write_text("b\n")
     with pytest.raises(ValueError, match="has 2 lines but"):
         read_pairs(tmp_path / "train.source")
-    assert parse_decoding("num_beams=5, length_penalty=0.7") == {
-        "num_beams": 5,
-        "length_penalty": 0.7,
-    }
 
 
 def test_layout_and_label_smoothed_loss():
@@ -64,8 +59,8 @@ def test_tiny_model_learns_to_copy_the_last_word(tmp_path):
     tok = train_tokenizer([s + " " + t for s, t in PAIRS], 384)
     torch.manual_seed(0)
     model = GLM(tiny_config())
-    cfg = load_finetune_config(
-        None, ["optim.lr=3e-3", "finetune.epochs=25", "finetune.batch_size=6"]
+    cfg = load_config(
+        FinetuneRunConfig, None, ["optim.lr=3e-3", "finetune.epochs=25", "finetune.batch_size=6"]
     )
     out = finetune_seq2seq(model, tok, [(s, " " + t) for s, t in PAIRS],
                            [(s, " " + t) for s, t in PAIRS[:3]], cfg, out_dir=tmp_path)  # fmt: skip

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from blankfill import cli
-from blankfill.config import PRESETS, ConfigError, RunConfig, load_config
+from blankfill.config import ConfigError, RunConfig, load_config
+from blankfill.presets import PRESETS
 from blankfill.testing import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ def test_paper_hyperparameters_in_configs():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.max_stepz=2", "unknown config key 'train.max_stepz'; did you mean 'max_steps'"),
+        ("train.max_stepz=2", "--train.max_stepz: unknown key; did you mean train.max_steps?"),
         ("optim.lr=fast", "optim.lr must be a number"),
         ("optim.warmup=2", "optim.warmup must be in [0, 1)"),
         ("data.seq_len=4096", "exceeds model.max_sequence_length"),
@@ -57,7 +58,10 @@ def test_cli_config_error_is_one_line(capsys):
     tiny = str(REPO / "configs/pretrain/tiny.toml")
     assert cli.main(["pretrain", "--config", tiny, "--train.max_stepz=2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "did you mean 'max_steps'" in err
+    assert (
+        err.count("\n") == 0
+        and "--train.max_stepz: unknown key; did you mean train.max_steps?" in err
+    )
     with pytest.raises(SystemExit):
         cli.main(["pretrain", "--config", tiny, "stray"])
 

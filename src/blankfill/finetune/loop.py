@@ -44,15 +44,6 @@ class Recipe:
     head: nn.Module | None = None  # trainable parameters beside the GLM (classifier head)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"finetune.device: unknown device {name!r}") from None
-
-
 def selection_score(metrics: dict[str, float]) -> float:
     """The number the best checkpoint is chosen by: the mean of the task's metrics (higher is
     better; losses are reported but not used)."""

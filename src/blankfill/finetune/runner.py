@@ -7,12 +7,16 @@ metrics = evaluate_cloze(model, tokenizer, get_task("cb"), valid_records)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from ..config import FinetuneRunConfig
+from ..device import resolve_device
 from ..eval import cloze_metrics
 from .cloze import (
     ClassifierHead,
@@ -24,7 +28,7 @@ from .cloze import (
     score_all,
     to_device,
 )
-from .loop import Recipe, resolve_device, train
+from .loop import HEAD_NAME, INFO_NAME, Recipe, train
 from .tasks import ClozeTask
 
 
@@ -78,7 +82,7 @@ def finetune_cloze(
 ) -> dict[str, Any]:
     """Fine-tune on a cloze task (or with the classifier head, ``finetune.head="classifier"``)."""
     s = cloze_settings(task, cfg, model)
-    device = resolve_device(cfg.finetune.device)
+    device = resolve_device(cfg.finetune.device, key="finetune.device")
     model.to(device)
     head = None
     if cfg.finetune.head == "classifier":
@@ -113,3 +117,18 @@ def finetune_cloze(
     recipe = Recipe(name=task.name, loss=loss, evaluate=evaluate, info=info, head=head)
     return train(model, recipe, train_xs, cfg, epochs=s["epochs"], batch_size=s["batch_size"],
                  out_dir=out_dir, tokenizer=tokenizer, on_step=on_step)  # fmt: skip
+
+
+def read_finetune_info(path: str | Path) -> dict[str, Any]:
+    """A fine-tuned folder's ``finetune.json`` (pattern id, head, lengths); ``{}`` if absent."""
+    info_path = Path(path) / INFO_NAME
+    return json.loads(info_path.read_text()) if info_path.is_file() else {}
+
+
+def load_head(path: str | Path, model, task: ClozeTask, info: dict) -> ClassifierHead | None:
+    """The classifier head saved with a fine-tuned folder (``finetune.head="classifier"``)."""
+    if info.get("head") != "classifier":
+        return None
+    head = ClassifierHead(model.config.hidden_size, len(task.labels))
+    head.load_state_dict(load_file(str(Path(path) / HEAD_NAME)))
+    return head.to(next(model.parameters()).device).eval()

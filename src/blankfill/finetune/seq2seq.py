@@ -10,7 +10,6 @@ scores ROUGE-1/2/L F1 with ``rouge-score`` (the optional ``eval`` extra, importe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import FinetuneRunConfig
+from ..device import resolve_device
 from .cloze import ClozeInput, collate, to_device
-from .loop import Recipe, resolve_device, train
+from .loop import Recipe, train
 from .readers import read_rows
 
 
@@ -89,7 +89,7 @@ def finetune_seq2seq(
     """Fine-tune on (source, target) pairs; each epoch reports the validation loss and
     teacher-forced token accuracy (the best checkpoint is chosen by the accuracy)."""
     ft = cfg.finetune
-    device = resolve_device(ft.device)
+    device = resolve_device(ft.device, key="finetune.device")
     model.to(device)
     rows = model.config.max_sequence_length
     src_len, tgt_len = min(ft.max_seq_len or rows, rows), min(ft.max_target_len, rows - 1)
@@ -117,20 +117,6 @@ def finetune_seq2seq(
     recipe = Recipe(name="seq2seq", loss=loss, evaluate=evaluate, info=info)
     return train(model, recipe, train_xs, cfg, epochs=ft.epochs or 10, batch_size=ft.batch_size
                  or 16, out_dir=out_dir, tokenizer=tokenizer, on_step=on_step)  # fmt: skip
-
-
-def parse_decoding(text: str) -> dict[str, Any]:
-    """``"num_beams=5,length_penalty=0.7"`` -> {"num_beams": 5, "length_penalty": 0.7}."""
-    out: dict[str, Any] = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        if "=" not in item:
-            raise ValueError(f"decoding option {item!r} must look like key=value")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value.strip())
-        except json.JSONDecodeError:
-            out[key.strip()] = value.strip()
-    return out
 
 
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import DistConfig
+from ..device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,6 @@ def env_dist_info() -> DistInfo:
         )
     except ValueError as e:
         raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({e})") from None
-
-
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; or the named device."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", info.local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available; use train.device=cpu")
-    return device
 
 
 def init_distributed(cfg: DistConfig, device: torch.device) -> DistInfo:

@@ -1,17 +1,11 @@
-"""``blankfill plot RUN_DIR``: loss curves (total, per objective, held-out) and the LR, as PNG."""
+"""``plot_run(run_dir)``: loss curves (total, per objective, held-out) and the LR, as PNG."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..data.batch import OBJECTIVES
 from .metrics import METRICS_NAME, read_metrics
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a pretraining run folder (holds metrics.jsonl)")
-    p.add_argument("--out", help="PNG path (default RUN_DIR/loss.png)")
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -55,8 +49,3 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def run(args: argparse.Namespace) -> int:
-    print(plot_run(args.run_dir, args.out))
-    return 0

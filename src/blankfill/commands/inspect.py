@@ -3,29 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..config import CorruptConfig, DataConfig
-from .corrupt import Example
-from .objectives import Corruptor, RawSample
-from .store import sentence_end_table, special_to_dict
+from ..config import CorruptConfig, DataConfig, load_config
+from ..data.corrupt import Example
+from ..data.objectives import Corruptor, RawSample
+from ..data.store import sentence_end_table, special_to_dict
+from . import add_aliases, overrides
 
 _MIX = {"token": (1.0, 0.0, 0.0), "sentence": (0.0, 1.0, 0.0), "document": (0.0, 0.0, 1.0)}
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
+HELP = "show a corrupted sample: Part A/B, positions, mask"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InspectConfig:
+    """``blankfill inspect``: how samples are drawn (``data``) and corrupted (``corrupt``)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    corrupt: CorruptConfig = field(default_factory=CorruptConfig)
+
+
+CONFIG = InspectConfig
+
+
+def configure(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("store", nargs="?", help="a token store folder (from blankfill prepare)")
     src.add_argument("--text", help="raw text to corrupt instead of a store sample")
     p.add_argument("--tokenizer", metavar="DIR", help="with --text: a saved tokenizer folder")
     p.add_argument("--index", type=int, default=0, help="global sample index in the stream")
     p.add_argument("--split", choices=("train", "valid"), default="train")
-    p.add_argument("--valid-fraction", type=float, default=0.0)
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per raw sample")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--objective", choices=tuple(_MIX), default="token")
+    add_aliases(p, "data", ("valid_fraction", "seq_len", "seed"))
+    p.add_argument("--objective", choices=tuple(_MIX), default="token",
+                   help="sets corrupt.token_prob / sentence_prob / document_prob")  # fmt: skip
     p.add_argument("--no-shuffle", action="store_true", help="Part B in text order")
     p.add_argument("--max-rows", type=int, default=60, help="token table rows to print")
 
@@ -68,14 +84,16 @@ def describe(ex: Example, tokenizer: Any, special: Any, max_rows: int = 60) -> s
 
 
 def run(args: argparse.Namespace) -> int:
-    tp, sp, dp = _MIX[args.objective]
-    ccfg = CorruptConfig(
-        token_prob=tp, sentence_prob=sp, document_prob=dp, shuffle_spans=not args.no_shuffle
-    )
+    names = ("token_prob", "sentence_prob", "document_prob")
+    mix = dict(zip(names, _MIX[args.objective], strict=True))
+    preset = [f"corrupt.{k}={v}" for k, v in mix.items()]
+    preset += ["corrupt.shuffle_spans=false"] if args.no_shuffle else []
+    cfg = load_config(CONFIG, None, preset + overrides(args))
+    ccfg = cfg.corrupt
     if args.text is not None:
         if not args.tokenizer:
             raise ValueError("--text needs --tokenizer DIR (a saved tokenizer folder)")
-        from ..tokenizer import load_tokenizer  # type: ignore[attr-defined]
+        from ..tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
         special = tok.special
@@ -84,15 +102,14 @@ def run(args: argparse.Namespace) -> int:
         lm = np.ones(len(ids), np.float32)
         lm[0] = 0
         sample = RawSample(tokens=ids, loss_mask=lm, sentence_end=table[ids], index=args.index)
-        ex = Corruptor(ccfg, special)(sample, np.random.default_rng([args.seed, 0, args.index]))
+        ex = Corruptor(ccfg, special)(sample, np.random.default_rng([cfg.data.seed, 0, args.index]))
     else:
-        from .loader import PretrainLoader
-        from .store import TokenStore
+        from ..data.loader import PretrainLoader
+        from ..data.store import TokenStore
 
         store = TokenStore(args.store)
         special = store.special
-        dcfg = DataConfig(seq_len=args.seq_len, batch_size=1, seed=args.seed,
-                          valid_fraction=args.valid_fraction)  # fmt: skip
+        dcfg = dataclasses.replace(cfg.data, batch_size=1)
         loader = PretrainLoader(store.path, dcfg, ccfg, special, split=args.split)
         ex = loader.examples(args.index, 1)[0]
         try:

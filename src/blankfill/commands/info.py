@@ -6,11 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from .config import PRESETS, preset, read_model_config, to_dict
-from .model import count_parameters
+from ..config import to_dict
+from ..hub import read_model_config
+from ..model import count_parameters
+from ..presets import PRESETS, preset
+
+HELP = "show a model preset or model folder: config and parameter count"
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}) or a model folder")
 
 

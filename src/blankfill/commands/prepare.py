@@ -7,13 +7,16 @@ import logging
 import time
 from pathlib import Path
 
-from .sources import ReadStats, iter_documents, list_input_files
-from .store import TokenStore, prepare
+from ..data.sources import ReadStats, iter_documents, list_input_files
+from ..data.store import TokenStore, prepare
 
 log = logging.getLogger(__name__)
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
+HELP = "tokenize a text corpus into a token store"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input",
         nargs="+",
@@ -42,7 +45,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _tokenizer(args: argparse.Namespace, files: list[Path]):
-    from .. import tokenizer as tk  # the tokenizer module (branch tok)
+    from .. import tokenizer as tk
 
     if args.tokenizer:
         return tk.load_tokenizer(args.tokenizer)

@@ -16,16 +16,21 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig, load_config, to_dict
+from ..device import resolve_device
 from ..model import GLM
-from .checkpoint import list_checkpoints
-from .distributed import env_dist_info, init_distributed, resolve_device, teardown
-from .loop import train
-from .metrics import NullSink
+from ..train.checkpoint import list_checkpoints
+from ..train.distributed import env_dist_info, init_distributed, teardown
+from ..train.loop import train
+from ..train.metrics import NullSink
 
 log = logging.getLogger(__name__)
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
+HELP = "pretrain a GLM on a token store (torchrun for many)"
+CONFIG = RunConfig
+
+
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run config TOML (configs/pretrain/*.toml)")
     p.add_argument(
         "--resume",
@@ -39,16 +44,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="build everything, run one step (no checkpoint), report parameters and peak memory",
     )
-    p.epilog = (
-        "Any config field can be overridden as --section.key=value, e.g. --train.max_steps=20 "
-        "--optim.lr=3e-4 --data.store=stores/wiki. Sections: model data corrupt optim train "
-        "dist log."
-    )
-    p.set_defaults(_dotted_overrides=True)
-
-
-def load_run_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    return load_config(RunConfig, path, overrides)
+    p.epilog = "E.g. --train.max_steps=20 --optim.lr=3e-4 --data.store=stores/wiki."
 
 
 def _load_tokenizer(cfg: RunConfig):
@@ -69,7 +65,7 @@ def _peak_memory(device: torch.device) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_run_config(args.config, getattr(args, "dotted_overrides", []))
+    cfg = load_config(RunConfig, args.config, args.overrides)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
@@ -81,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         )
     from ..data.loader import PretrainLoader
 
-    device = resolve_device(cfg.train.device, env_dist_info())
+    device = resolve_device(cfg.train.device, env_dist_info().local_rank, key="train.device")
     info = init_distributed(cfg.dist, device)
     try:
         tokenizer = _load_tokenizer(cfg)
