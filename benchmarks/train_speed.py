@@ -149,7 +149,9 @@ def main() -> None:
     base = times["glm_fp32"]
     for name in names[1:]:
         pairs = [o / g for g, o in zip(base, times[name], strict=True)]
-        emit({"what": "ratio", "glm_fp32_over": name, "speedup": round(statistics.median(pairs), 3)})
+        emit(
+            {"what": "ratio", "glm_fp32_over": name, "speedup": round(statistics.median(pairs), 3)}
+        )
 
 
 if __name__ == "__main__":
