@@ -29,7 +29,8 @@ demo: install
 	$(PY) -m blankfill demo
 
 # Every benchmark (JSON lines, peers alternated), then benchmarks/RESULTS.md + results.png.
-# A few minutes on a quiet 2-core machine; BENCH_SCALE=3 (or more) measures longer.
+# A few minutes on a quiet 2-core machine; BENCH_SCALE=3 (or more) measures longer. The corpus is
+# ../shared/data/corpus (BENCH_CORPUS=DIR overrides; a synthetic one where there is none).
 BENCH_SCALE ?= 1
 bench: install
 	$(PY) -m pip install -q -e ".[bench,plot]"

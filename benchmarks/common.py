@@ -9,13 +9,15 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 from blankfill import hardware
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "data" / "corpus"
+#: The corpus the data, prepare and training benchmarks read (``BENCH_CORPUS`` overrides it).
+CORPUS = Path(os.environ.get("BENCH_CORPUS") or REPO.parent / "shared" / "data" / "corpus")
 CACHE = REPO / ".bench"
 
 
@@ -24,6 +26,7 @@ def machine() -> dict:
     info = hardware.describe()
     info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     info["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info["corpus"] = str(corpus_inputs()[0].parent)
     return info
 
 
@@ -36,6 +39,7 @@ def corpus_inputs() -> list[Path]:
     folders = [CORPUS / name for name in ("austen", "sotu", "shakespeare", "kjv")]
     if all(f.is_dir() for f in folders):
         return folders
+    print(f"no corpus at {CORPUS} (set BENCH_CORPUS): using a synthetic one", file=sys.stderr)
     synth = CACHE / "synthetic-corpus"
     if not synth.is_dir():
         import numpy as np
@@ -56,14 +60,13 @@ def token_store() -> Path:
     """A store of the corpus with a trained 8192-token BPE (made once, kept in ``.bench/``)."""
     from blankfill.data.store import TokenStore
 
-    path = CACHE / "store"
+    path = CACHE / ("store-" + ("corpus" if corpus_inputs()[0].parent == CORPUS else "synthetic"))
     try:
         TokenStore(path)
         return path
     except ValueError:
         pass
     import subprocess
-    import sys
 
     CACHE.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "blankfill", "prepare", "--input", *map(str, corpus_inputs())]

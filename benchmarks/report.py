@@ -55,6 +55,7 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
              f"torch {before['torch']}; GPU: {before['cuda'] or 'none'}",
              f"- date: {before['date']} to {after['date']}; load average (1, 5, 15 min) "
              f"{before['load_average']} before, {after['load_average']} after; scale {scale}",
+             f"- corpus (data, prepare and training batches): {before.get('corpus')}",
              ""]  # fmt: skip
     lines += ["## Targets (issue 13)", "", "| item | figure | measured | target | met |",
               "|---|---|---|---|---|"]  # fmt: skip

@@ -152,6 +152,35 @@ class TokenStore:
         )
 
 
+class _Int64Column:
+    """An int64 column appended to a raw file, then saved as ``.npy``: memory stays bounded by a
+    chunk, whatever the corpus size (sentence ends and document offsets of a 5 GB corpus do not
+    fit comfortably in memory as Python lists)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.count = path, 0
+        self._f = open(path, "wb")
+
+    def write(self, values: np.ndarray | list[int]) -> None:
+        a = np.asarray(values, dtype=np.int64)
+        self._f.write(a.tobytes())
+        self.count += len(a)
+
+    def save(self, npy: Path, block: int = 1 << 22) -> None:
+        """Write ``npy`` (the column, in blocks) and remove the raw file."""
+        self._f.close()
+        raw = np.memmap(self.path, dtype=np.int64, mode="r", shape=(self.count,))
+        out = np.lib.format.open_memmap(npy, mode="w+", dtype=np.int64, shape=(self.count,))
+        for i in range(0, self.count, block):
+            out[i : i + block] = raw[i : i + block]
+        out.flush()
+        del out, raw
+        self.path.unlink()
+
+    def close(self) -> None:
+        self._f.close()
+
+
 def _chunks(docs: Iterable[str], max_chars: int) -> Iterable[list[str]]:
     chunk: list[str] = []
     size = 0
@@ -205,7 +234,10 @@ def prepare(
     tmp.mkdir()
     try:
         stats = ReadStats()
-        offsets, ends, sources = [0], [], []
+        offsets = _Int64Column(tmp / "doc_offsets.bin")
+        ends = _Int64Column(tmp / "sentence_ends.bin")
+        offsets.write([0])
+        sources = []
         total = 0
         with open(tmp / "tokens.bin", "wb") as fout:
             for path in files:
@@ -221,11 +253,11 @@ def prepare(
                         arr = np.asarray(ids, dtype=np.int64)
                         if arr.max() >= V or arr.min() < 0:
                             raise ValueError(f"{path}: tokenizer produced ids outside [0, {V})")
-                        ends.append(np.flatnonzero(table[arr]) + total)
+                        ends.write(np.flatnonzero(table[arr]) + total)
                         fout.write(arr.astype(dtype).tobytes())
                         total += len(arr)
                         file_tokens += len(arr)
-                        offsets.append(total)
+                        offsets.write([total])
                     if progress is not None:
                         progress(stats.bytes - before_bytes)
                         before_bytes = stats.bytes
@@ -239,15 +271,15 @@ def prepare(
                 f"empty corpus: no non-empty documents in {len(files)} file(s) "
                 f"({stats.empty_skipped} empty documents skipped)"
             )
-        np.save(tmp / "doc_offsets.npy", np.asarray(offsets, dtype=np.int64))
-        np.save(tmp / "sentence_ends.npy", np.concatenate(ends).astype(np.int64))
+        offsets.save(tmp / "doc_offsets.npy")
+        ends.save(tmp / "sentence_ends.npy")
         tokenizer.save(tmp / "tokenizer")
         manifest = {
             "format": FORMAT,
             "dtype": np.dtype(dtype).name,
             "num_tokens": total,
-            "num_documents": len(offsets) - 1,
-            "num_sentence_ends": int(sum(len(e) for e in ends)),
+            "num_documents": offsets.count - 1,
+            "num_sentence_ends": ends.count,
             "vocab_size": V,
             "special": special,
             "tokenizer_fingerprint": str(tokenizer.fingerprint()),
