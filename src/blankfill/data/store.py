@@ -95,16 +95,20 @@ class TokenStore:
     @property
     def tokens(self) -> np.ndarray:
         if self._tokens is None:
-            self._tokens = np.memmap(
+            # a plain ndarray view of the mapping: slicing a np.memmap costs microseconds of
+            # Python per call (subclass bookkeeping), paid several times per sample
+            self._tokens = np.asarray(np.memmap(
                 self.path / "tokens.bin", dtype=self.manifest["dtype"], mode="r",
                 shape=(self.num_tokens,),
-            )  # fmt: skip
+            ))  # fmt: skip
         return self._tokens
 
     @property
     def sentence_ends(self) -> np.ndarray:
         if self._sentence_ends is None:
-            self._sentence_ends = np.load(self.path / "sentence_ends.npy", mmap_mode="r")
+            self._sentence_ends = np.asarray(
+                np.load(self.path / "sentence_ends.npy", mmap_mode="r")
+            )  # a plain view, as ``tokens``
         return self._sentence_ends
 
     @property
