@@ -182,10 +182,11 @@ class PretrainLoader:
             batch_size=None,
             num_workers=self.cfg.num_workers,
             prefetch_factor=PREFETCH,
+            collate_fn=_as_is,  # a plain pickled buffer: half the cost of a shared-memory tensor
         )
         pin = torch.cuda.is_available()
         for layout, buffer in loader:
-            buffer = torch.as_tensor(buffer)  # the DataLoader hands numpy arrays over as tensors
+            buffer = torch.from_numpy(buffer)
             self._step += 1
             yield Batch.from_buffer(layout, buffer.pin_memory() if pin else buffer)
 
@@ -216,6 +217,11 @@ class PretrainLoader:
                 f"world_size * data.batch_size = {per_step}"
             )
         self._step = consumed // per_step
+
+
+def _as_is(item: Any) -> Any:
+    """The DataLoader's collate step for ready-made batches: nothing to do."""
+    return item
 
 
 class _Steps(torch.utils.data.IterableDataset):
