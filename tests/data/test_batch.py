@@ -43,3 +43,23 @@ def test_workers_give_the_same_packed_batches(store_dir):
     par = iter(_loader(store_dir, "pack", workers=2))
     for step in range(4):
         _same(next(par), ref.batch(step))
+
+
+def _tiny_batch(step: int) -> Batch:
+    if step == 3:
+        raise ValueError("no batch 3")
+    ids = torch.full((2, 5), step)
+    return Batch(input_ids=ids, labels=ids, loss_mask=torch.ones(2, 5),
+                 position_ids=torch.zeros(2, 2, 5, dtype=torch.long), objective=ids,
+                 sample_index=torch.tensor([step, step]), context_len=torch.tensor([2, 3]))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_worker_batches_come_in_order_and_a_worker_error_is_raised():
+    from blankfill.data.workers import prefetched
+
+    it = prefetched(_tiny_batch, 0, workers=2, prefetch=2)
+    assert [int(next(it).input_ids[0, 0]) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="no batch 3"):
+        next(it)
+    it.close()

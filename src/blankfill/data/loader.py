@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from ..config import CorruptConfig, DataConfig
 from .batch import Batch
@@ -28,6 +27,7 @@ from .objectives import Corruptor, choose_objective, draw_generation_len
 from .pack import collate_pack, collate_pad
 from .samples import SplitView, epoch_windows, raw_sample
 from .store import TokenStore, special_to_dict
+from .workers import prefetched
 
 #: Documents are assigned to the validation split by this fixed seed (not data.seed), so changing
 #: the data seed never moves documents between splits.
@@ -169,26 +169,17 @@ class PretrainLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         """Batches from the next step on. With ``data.num_workers`` > 0 they are made ahead of
-        the trainer (``PREFETCH`` per worker) in worker processes, sent as one buffer each, and
-        pinned when CUDA is available so the copy to the GPU overlaps compute; the batches and
-        their order are the same as without workers."""
+        the trainer (``PREFETCH`` per worker) in worker processes and handed over through shared
+        memory (``data.workers``), pinned when CUDA is available so the copy to the GPU overlaps
+        compute; the batches and their order are the same as without workers."""
         if self.cfg.num_workers == 0:
             while True:
                 batch = self.batch(self._step)
                 self._step += 1
                 yield batch
-        loader = torch.utils.data.DataLoader(
-            _Steps(self, self._step),
-            batch_size=None,
-            num_workers=self.cfg.num_workers,
-            prefetch_factor=PREFETCH,
-            collate_fn=_as_is,  # a plain pickled buffer: half the cost of a shared-memory tensor
-        )
-        pin = torch.cuda.is_available()
-        for layout, buffer in loader:
-            buffer = torch.from_numpy(buffer)
+        for batch in prefetched(self.batch, self._step, self.cfg.num_workers, PREFETCH):
             self._step += 1
-            yield Batch.from_buffer(layout, buffer.pin_memory() if pin else buffer)
+            yield batch
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream stands: samples consumed by all ranks, and what must match on resume."""
@@ -217,23 +208,3 @@ class PretrainLoader:
                 f"world_size * data.batch_size = {per_step}"
             )
         self._step = consumed // per_step
-
-
-def _as_is(item: Any) -> Any:
-    """The DataLoader's collate step for ready-made batches: nothing to do."""
-    return item
-
-
-class _Steps(torch.utils.data.IterableDataset):
-    """Worker w of k makes steps start + w, start + w + k, ...; the DataLoader yields them in order."""
-
-    def __init__(self, loader: PretrainLoader, start: int) -> None:
-        self.loader, self.start = loader, start
-
-    def __iter__(self) -> Iterator[Batch]:
-        info = torch.utils.data.get_worker_info()
-        w, k = (info.id, info.num_workers) if info is not None else (0, 1)
-        step = self.start + w
-        while True:
-            yield self.loader.batch(step).to_buffer()  # one buffer: one transfer per batch
-            step += k
