@@ -142,8 +142,8 @@ def build_blocks(
         if sorted(order) != list(range(k)):
             raise ValueError(f"order must be a permutation of range({k}), got {order}")
         order = np.asarray(order, dtype=np.int64)
-    # Part A: drop every span token but the first, which becomes the blank. `inside` counts, by a
-    # running sum of +1 at start + 1 and -1 at end, whether a text position is a dropped one.
+    # Part A: drop every span token but the first, which becomes the blank. The running sum of
+    # `step` (+1 at start + 1, -1 at end) is 1 exactly on the dropped text positions.
     step = np.zeros(n + 1, np.int64)
     step[starts + 1] += 1
     step[ends] -= 1

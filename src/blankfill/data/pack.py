@@ -56,9 +56,7 @@ def _rows_to_batch(
             sl = slice(o, o + len(ex))
             ids[r, sl], labels[r, sl], loss[r, sl] = ex.input_ids, ex.labels, ex.loss_mask
             pos[r, :, sl] = ex.position_ids
-            obj[r, o + ex.context_len : o + len(ex)][ex.loss_mask[ex.context_len :] > 0] = (
-                ex.objective
-            )  # only Part-B targets carry the objective (loss_mask is 0 on Part A)
+            obj[r, sl][ex.loss_mask > 0] = ex.objective  # only target tokens carry it
             o += len(ex)
     return Batch(
         input_ids=torch.from_numpy(ids),
