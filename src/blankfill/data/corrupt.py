@@ -157,7 +157,7 @@ def build_blocks(
     S = starts[order]  # [k]
     m = ends[order] - S  # [k]
     off = (m + 1).cumsum() - (m + 1)  # [k]
-    nb = int((m + 1).sum())
+    nb = int(off[-1] + m[-1] + 1) if k else 0  # sum of (m + 1)
     src = (S - off - 1).repeat(m + 1) + np.arange(nb)  # [nb] text index of the input token
     T = sep + nb
     input_ids = np.empty(T, np.int64)

@@ -120,10 +120,10 @@ class PretrainLoader:
 
     def raw(self, g: int) -> tuple[Any, np.random.Generator]:
         """Global sample g before corruption, and its generator (positioned after the draw)."""
-        n = self.samples_per_epoch
+        n, total = self.samples_per_epoch, self.view.num_tokens
         epoch, i = divmod(g, n)
         perm, shift = self._epoch_windows(epoch)
-        anchor = min(int((perm[i] + shift) * self.view.num_tokens / n), self.view.num_tokens - 1)
+        anchor = min(int((perm[i] + shift) * total / n), total - 1)
         rng = np.random.default_rng([self.cfg.seed, epoch, i])
         sample = raw_sample(
             self.view, anchor, rng, seq_len=self.cfg.seq_len, special=self.special,
