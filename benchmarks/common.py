@@ -26,7 +26,8 @@ def machine() -> dict:
     info = hardware.describe()
     info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     info["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    info["corpus"] = str(corpus_inputs()[0].parent)
+    have = all((CORPUS / f).is_dir() for f in ("austen", "sotu", "shakespeare", "kjv"))
+    info["corpus"] = str(CORPUS) if have else "synthetic (no corpus at BENCH_CORPUS)"
     return info
 
 

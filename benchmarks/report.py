@@ -11,6 +11,14 @@ def _rows(results: dict, name: str, what: str) -> list[dict]:
     return [r for r in results.get(name, []) if r.get("what") == what or r.get(what)]
 
 
+def _when(results: dict, name: str) -> str:
+    """When and under what load a benchmark's own lines were measured (its machine line)."""
+    m = next(iter(_rows(results, name, "machine")), None)
+    if m is None:
+        return ""
+    return f"Measured {m['date']}, load average {m['load_average']}, {m['cpu']}."
+
+
 def _fmt(x) -> str:
     return f"{x:,.0f}" if isinstance(x, (int, float)) and abs(x) >= 100 else str(x)
 
@@ -53,8 +61,9 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
              f"- CPU: {before['cpu']}; flags: {', '.join(before['cpu_flags'])}",
              f"- native bf16: {before['cpu_native_bf16']}; torch threads: {before['threads']}; "
              f"torch {before['torch']}; GPU: {before['cuda'] or 'none'}",
-             f"- date: {before['date']} to {after['date']}; load average (1, 5, 15 min) "
-             f"{before['load_average']} before, {after['load_average']} after; scale {scale}",
+             f"- this report: {before['date']} to {after['date']}; load average (1, 5, 15 min) "
+             f"{before['load_average']} before, {after['load_average']} after; scale {scale}; "
+             "each section names when its benchmark ran",
              f"- corpus (data, prepare and training batches): {before.get('corpus')}",
              ""]  # fmt: skip
     lines += ["## Targets (issue 13)", "", "| item | figure | measured | target | met |",
@@ -68,7 +77,12 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
     steps = _rows(results, "train", "train_step")
     peak = next(iter(_rows(results, "train", "matmul_peak")), None)
     if steps:
-        lines += ["## Training step (glm-small shapes, batch 8, AdamW)", ""]
+        lines += [
+            "## Training step (glm-small shapes, batch 8, AdamW)",
+            "",
+            _when(results, "train"),
+            "",
+        ]
         if peak:
             lines.append(f"Matmul peaks ({peak['threads']} thread(s), 512x512): fp32 "
                          f"{peak['fp32_gflops']} GFLOP/s, bf16 {peak['bf16_gflops']} GFLOP/s.")  # fmt: skip
@@ -82,7 +96,7 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
         lines += [""]
     curve = next(iter(_rows(results, "bf16", "bf16_curve")), None)
     if curve:
-        lines += ["## bf16 vs fp32 loss curves", "",
+        lines += ["## bf16 vs fp32 loss curves", "", _when(results, "bf16"), "",
                   f"{curve['steps']} steps, final losses {curve['final_loss']}; gap bf16-fp32 "
                   f"{curve['gap_bf16_vs_fp32']} vs seed-to-seed gap {curve['gap_seed_vs_fp32']} "
                   f"(ratio {curve['gap_ratio']}); bf16 speed-up in CPU time "
@@ -90,6 +104,7 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
     gens = _rows(results, "generate", "summary")
     if gens:
         lines += ["## Decoding vs HF generate (glm-small, greedy, one thread)", "",
+                  _when(results, "generate"), "",
                   "| batch | blankfill tokens/s | HF tokens/s | ratio (wall) | ratio (CPU time) |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for s in gens:
@@ -99,7 +114,7 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
     data = _rows(results, "data", "data")
     if data:
         gpu = next(iter(_rows(results, "data", "model_gpu_estimate")), {})
-        lines += ["## Data pipeline (one core, batch 16)", "",
+        lines += ["## Data pipeline (one core, batch 16)", "", _when(results, "data"), "",
                   f"Peer: glm-small on one GPU at {gpu.get('assumed_tflops')} TFLOP/s consumes "
                   f"{_fmt(gpu.get('tokens_per_s'))} tokens/s (6N + attention FLOPs per token).",
                   "", "| objectives | layout | seq | tokens/s per core (CPU time) | wall | "
@@ -112,6 +127,7 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
     waits = _rows(results, "loader", "loader_wait")
     if waits:
         lines += ["## Loader at a simulated GPU rate (glm-small batches, seq 512, batch 16)", "",
+                  _when(results, "loader"), "",
                   "| GPU TFLOP/s (tokens/s) | workers | repeat | steps | waits (> 1 ms) | "
                   "median wait ms | stall share | tokens/s |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -123,7 +139,7 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
         lines += [""]
     prep = next(iter(_rows(results, "prepare", "prepare_speed")), None)
     if prep:
-        lines += ["## prepare vs raw tokenizers encode_batch", "",
+        lines += ["## prepare vs raw tokenizers encode_batch", "", _when(results, "prepare"), "",
                   f"{prep['files']} files, {prep['input_mb']} MB: prepare "
                   f"{prep['prepare_mb_per_s']} MB/s, raw encode_batch {prep['raw_mb_per_s']} MB/s, "
                   f"ratio {prep['ratio_prepare_over_raw']}.", ""]  # fmt: skip
