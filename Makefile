@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean experiments experiments-smoke
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[dev,eval,plot]"
+	$(PY) -m pip install -q -e ".[dev,eval,plot,serve,harness,sentencepiece,browser,lora]"
 	touch $@
 
 test: install
@@ -37,8 +37,18 @@ bench: install
 	cd benchmarks && BENCH_SCALE=$(BENCH_SCALE) nice -n 10 ../$(PY) run_all.py
 
 lint: install
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks experiments
+	$(PY) -m ruff format --check src tests benchmarks experiments
+
+# GLM's design claims at small scale (experiments/run.py; outputs under experiments/runs*/).
+# DATA: the shared data root holding corpus/ and benchmarks/ (skipped with a message if absent).
+DATA ?= ../shared/data
+BUDGET ?= 120
+experiments: install
+	nice -n 10 $(PY) experiments/run.py all --budget-minutes $(BUDGET) --data $(DATA)
+
+experiments-smoke: install
+	$(PY) experiments/run.py all --smoke --data $(DATA) --finetune-seeds 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -5,7 +5,7 @@ What is substituted, and why (everything else runs as written, in a scratch work
 that holds the files the README names: ``my_texts/``, ``CB/train.jsonl``, ``lambada_test.jsonl``,
 ``official-glm-large/`` ...):
 
-- the quick tour's ``configs/pretrain/glm-small.toml`` becomes ``configs/pretrain/tiny.toml`` with
+- the quick tour's ``configs/pretrain/cpu.toml`` becomes ``configs/pretrain/tiny.toml`` with
   ``--train.max_steps=2``, and its vocabulary size 8192 becomes 384 (the tiny model's), so that
   the tour takes seconds; ``step-NNNNNNNN`` becomes the checkpoint that run writes;
 - ``finetune --task cb`` gets ``--finetune.epochs=1`` (the official 50 epochs would take minutes);
@@ -129,7 +129,7 @@ def test_quick_tour_runs(model_folder, tmp_path, monkeypatch, capsys):
 
     tiny = str(REPO / "configs" / "pretrain" / "tiny.toml")
     for line in quick_tour(README):
-        line = line.replace("configs/pretrain/glm-small.toml", f"{tiny} --train.max_steps=2")
+        line = line.replace("configs/pretrain/cpu.toml", f"{tiny} --train.max_steps=2")
         line = line.replace("8192", "384").replace("step-NNNNNNNN", "step-00000002")
         if line.startswith("blankfill finetune"):
             line += " --finetune.epochs=1"
@@ -140,8 +140,10 @@ def test_quick_tour_runs(model_folder, tmp_path, monkeypatch, capsys):
             assert out.count("[") == 1 and "of France is Paris." in out
         if argv[0] == "info" and "--hardware" in argv:
             assert json.loads(out)["precision"]["auto"] in ("fp32", "bf16")
+        elif argv[0] == "info" and "--memory" in argv:
+            assert "FSDP over 8" in out and "total" in out
         elif argv[0] == "info":
             assert json.loads(out)["num_layers"] == 48
-    assert (tmp_path / "runs/small/checkpoints/step-00000002/model.safetensors").is_file()
+    assert (tmp_path / "runs/cpu/checkpoints/step-00000002/model.safetensors").is_file()
     assert (tmp_path / "runs/cb/best/finetune.json").is_file()
     assert json.loads((tmp_path / "glm-large/config.json").read_text())["format"] == "blankfill"

@@ -27,6 +27,8 @@ VERBS: tuple[str, ...] = (
     "finetune",
     "evaluate",
     "fill",
+    "serve",
+    "lm-eval",
     "convert",
     "info",
     "demo",
@@ -43,7 +45,9 @@ class _RankZeroFilter(logging.Filter):
 
 
 def setup_logging(verbose: bool = False, rank: int = 0) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    from .progress import LogHandler  # through tqdm.write on a terminal: bars stay whole
+
+    handler = LogHandler()
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
@@ -51,6 +55,7 @@ def setup_logging(verbose: bool = False, rank: int = 0) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.captureWarnings(True)  # Python warnings as log lines (one format, bar-safe)
 
 
 def _is_override(arg: str) -> bool:
@@ -79,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         if os.environ.get("BLANKFILL_DEBUG"):
             raise
+        from .safeio import DiskFullError, is_no_space
+
+        if is_no_space(e) and not isinstance(e, DiskFullError):  # a write we did not guard
+            where = getattr(e, "filename", None) or "while writing"
+            e = OSError(f"{where}: no space left on device; free some space and run again")
         print(f"blankfill {args.command}: error: {e}", file=sys.stderr)
         return 2
 

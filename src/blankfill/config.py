@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from .configtools import ConfigError, apply_overrides, from_dict, load_config, read_toml, to_dict
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: hardware.choose_precision
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -78,6 +80,7 @@ class ModelConfig:
 class CorruptConfig:
     """How a text becomes Part A + Part B (GLM §2.1, spec §3). Defaults follow the paper."""
 
+    objective: Literal["glm", "masked_lm", "causal_lm"] = "glm"  # or the BERT / GPT baselines
     mask_ratio: float = 0.15  # token level: fraction of tokens in [MASK] spans
     poisson_lambda: float = 3.0  # token level: span lengths ~ Poisson(lambda)
     max_span_length: int = 40  # token level: span lengths truncated to [1, max_span_length)
@@ -89,28 +92,29 @@ class CorruptConfig:
     document_prob: float = 0.0  # ... of the document-level objective
     mix_per: Literal["sample", "batch"] = "sample"  # choose the objective per sample or batch
     shuffle_spans: bool = True  # Part B in a random span order (GLM §2.1); False: text order
-    block_positions: bool = True  # 2D positions; False: 1D ablation (Part B numbered onward)
+    block_positions: bool = True  # 2D positions; False: 1D ablation (no offset inside a span)
+    sentinels: int = 0  # > 0: token-level span i >= 1 gets its own blank [MASK_i] (Table 6)
+    sentinel_start: int = 0  # id of [MASK_1]: the tokenizer's vocab_size (spec §2)
 
     def __post_init__(self) -> None:
-        for name in ("mask_ratio", "sentence_ratio"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"corrupt.{name} must be in (0, 1), got {getattr(self, name)}")
-        if self.poisson_lambda <= 0:
-            raise ValueError("corrupt.poisson_lambda must be > 0")
-        if self.max_span_length < 2:
-            raise ValueError("corrupt.max_span_length must be >= 2")
-        if self.mix_per not in ("sample", "batch"):
-            raise ValueError(f"corrupt.mix_per must be 'sample' or 'batch', got {self.mix_per!r}")
-        if not 0.0 <= self.document_suffix_prob <= 1.0:
-            raise ValueError("corrupt.document_suffix_prob must be in [0, 1]")
-        if not 0.0 < self.document_min_ratio <= 1.0:
-            raise ValueError("corrupt.document_min_ratio must be in (0, 1]")
         probs = (self.token_prob, self.sentence_prob, self.document_prob)
-        if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
-            raise ValueError(
-                "corrupt.token_prob + corrupt.sentence_prob + corrupt.document_prob must be 1 "
-                f"(each >= 0), got {probs}"
-            )
+        rules = {  # "key must ..." -> holds
+            "mask_ratio must be in (0, 1)": 0 < self.mask_ratio < 1,
+            "sentence_ratio must be in (0, 1)": 0 < self.sentence_ratio < 1,
+            "poisson_lambda must be > 0": self.poisson_lambda > 0,
+            "max_span_length must be >= 2": self.max_span_length >= 2,
+            "objective must be glm, masked_lm or causal_lm": self.objective
+            in ("glm", "masked_lm", "causal_lm"),
+            "mix_per must be 'sample' or 'batch'": self.mix_per in ("sample", "batch"),
+            "document_suffix_prob must be in [0, 1]": 0 <= self.document_suffix_prob <= 1,
+            "document_min_ratio must be in (0, 1]": 0 < self.document_min_ratio <= 1,
+            "token_prob + sentence_prob + document_prob must be 1 (each >= 0)": min(probs) >= 0
+            and abs(sum(probs) - 1.0) <= 1e-6,
+            "sentinels, sentinel_start must be >= 0 (sentinels: glm only)": self.sentinel_start >= 0
+            and (self.sentinels == 0 or (self.sentinels > 0 and self.objective == "glm")),
+        }
+        for rule in (r for r, holds in rules.items() if not holds):
+            raise ValueError(f"corrupt.{rule}; got {to_dict(self)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,17 +196,15 @@ class TrainConfig:
     max_steps: int = 1000  # optimizer steps
     max_minutes: float = 0.0  # wall-clock budget: save and stop when exceeded; 0 = none
     grad_accum: int = 1  # micro-batches per optimizer step on each rank
-    precision: Literal["auto", "fp32", "bf16"] = (
-        "auto"  # auto: bf16 on GPUs that have it, else fp32
-    )
-    compile: bool = False  # torch.compile the model
+    precision: Precision = "auto"  # autocast dtype; weights, gradients and AdamW stay fp32
+    compile: bool = False  # torch.compile every Transformer block
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    init_from: str = ""  # model folder to start from (continued pretraining); "" = fresh init
     device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
     seed: int = 1234  # model initialisation and dropout
     save_every: int = 1000  # checkpoint interval in steps (and always at the end); 0 = end only
     keep_last: int = 3  # checkpoints kept; older ones are deleted
-    eval_every: int = (
-        0  # held-out loss interval in steps (needs data.valid_fraction > 0); 0 = never
-    )
+    eval_every: int = 0  # held-out loss interval (needs a validation split); 0 = never
     eval_batches: int = 20  # micro-batches per held-out evaluation
     max_bad_steps: int = 5  # consecutive non-finite steps before aborting
 
@@ -210,15 +212,11 @@ class TrainConfig:
         for name in ("max_steps", "grad_accum", "keep_last", "eval_batches", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "eval_every"):
+        for name in ("save_every", "eval_every", "max_minutes"):  # 0 = never / no limit
             if getattr(self, name) < 0:
-                raise ValueError(
-                    f"train.{name} must be >= 0 (0 = never), got {getattr(self, name)}"
-                )
+                raise ValueError(f"train.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
         if not self.out_dir:
             raise ValueError("train.out_dir must name a folder")
-        if self.max_minutes < 0:
-            raise ValueError("train.max_minutes must be >= 0 (0 = no limit)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,6 +225,7 @@ class DistConfig:
 
     strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: replicate; fsdp: FSDP2 fully_shard per block
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+    checkpoint: Literal["auto", "sharded", "full"] = "auto"  # auto: DCP shards under FSDP
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,10 +238,8 @@ class LogConfig:
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = known GPUs only
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError("log.every must be >= 1")
-        if self.peak_flops < 0:
-            raise ValueError("log.peak_flops must be >= 0")
+        if self.every < 1 or self.peak_flops < 0:
+            raise ValueError("log.every must be >= 1 and log.peak_flops >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,19 +291,25 @@ class FinetuneConfig:
     label_smoothing: float = 0.1  # seq2seq: weight of the uniform term in the target loss
     eval_batch_size: int = 32  # examples per evaluation forward
     seed: int = 1234  # shuffling and head init depend on (seed, epoch) only
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1" ...
+    device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available), "cpu", "cuda", "cuda:1" ...
+    precision: Precision = "auto"  # as train.precision
+    grad_accum: int = 1  # micro-batches per optimizer step (each rank's share of batch_size)
+    compile: bool = False  # torch.compile every Transformer block
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank (peft) instead of all weights
+    lora_merge: bool = True  # merge the adapters into the saved model (else save them apart)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_seq_len"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"finetune.{name} must be >= 1 (or unset for the task default)")
-        if self.pattern_id is not None and self.pattern_id < 0:
-            raise ValueError("finetune.pattern_id must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("finetune.label_smoothing must be in [0, 1)")
-        if self.eval_batch_size < 1:
-            raise ValueError("finetune.eval_batch_size must be >= 1")
+        lows = {"eval_batch_size": 1, "grad_accum": 1, "lora_rank": 0, "pattern_id": 0}
+        for name, low in lows.items():
+            if getattr(self, name) is not None and getattr(self, name) < low:
+                raise ValueError(f"finetune.{name} must be >= {low}")
 
 
 def _finetune_optim() -> OptimConfig:
@@ -322,6 +325,7 @@ class FinetuneRunConfig:
 
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     optim: OptimConfig = field(default_factory=_finetune_optim)
+    dist: DistConfig = field(default_factory=DistConfig)  # under torchrun: ddp or fsdp
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,23 +380,7 @@ def pad_vocab(n: int, multiple: int = 128) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
-__all__ = [
-    "ConfigError",
-    "CorruptConfig",
-    "DataConfig",
-    "DecodingConfig",
-    "DistConfig",
-    "LogConfig",
-    "FinetuneConfig",
-    "FinetuneRunConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "RunConfig",
-    "TrainConfig",
-    "apply_overrides",
-    "read_toml",
-    "from_dict",
-    "load_config",
-    "pad_vocab",
-    "to_dict",
-]
+__all__ = ["ConfigError", "CorruptConfig", "DataConfig", "DecodingConfig", "DistConfig",
+           "FinetuneConfig", "FinetuneRunConfig", "LogConfig", "ModelConfig", "OptimConfig",
+           "RunConfig", "TrainConfig", "apply_overrides", "from_dict", "load_config", "pad_vocab",
+           "read_toml", "to_dict"]  # fmt: skip

@@ -203,10 +203,16 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str], cls: 
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML file as a dict, with one-line errors for a missing or malformed file."""
+    """A TOML file as a dict, with one-line errors for a missing or malformed file. A ``.json``
+    file (a run folder's ``config.json``, the resolved config of that run) is read as JSON."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.suffix == ".json":
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON: {e}") from None
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

@@ -16,6 +16,7 @@ import torch
 from .model import GLM
 from .pretrained import convert_folder, load_folder_tokenizer, load_pretrained
 from .tokenizer import Tokenizer
+from .train.checkpoint import model_folder
 
 
 def check_compatible(model: GLM, tokenizer: Tokenizer, reference: Tokenizer | None = None) -> None:
@@ -41,6 +42,14 @@ def check_compatible(model: GLM, tokenizer: Tokenizer, reference: Tokenizer | No
             "tokenizer and model do not belong together: special ids differ from the tokenizer "
             f"saved with the model ({', '.join(diff)})"
         )
+    fingerprint = getattr(tokenizer, "fingerprint", None)
+    if reference is not None and fingerprint is not None and hasattr(reference, "fingerprint"):
+        if fingerprint() != reference.fingerprint():  # same size, other vocabulary: garbage out
+            raise ValueError(
+                "tokenizer and model do not belong together: it is not the tokenizer saved with "
+                f"the model (fingerprints {fingerprint()[:12]} vs {reference.fingerprint()[:12]}); "
+                "leave out --tokenizer to use the saved one"
+            )
 
 
 def load_model_and_tokenizer(
@@ -53,11 +62,14 @@ def load_model_and_tokenizer(
     """A model folder's GLM (eval mode, on ``device``) and its tokenizer, checked to fit.
 
     Args:
-        path: a folder ``load_pretrained`` reads.
-        tokenizer: a tokenizer folder to use instead of the one saved in ``path``.
+        path: a folder ``load_pretrained`` reads, or a pretraining run folder (its newest
+            checkpoint whose files verify is used).
+        tokenizer: a tokenizer folder to use instead of the one saved in ``path`` (it must be
+            that one, by fingerprint, when ``path`` has one).
         device: where the model goes.
         **overrides: model config fields to replace (``gelu="erf"``).
     """
+    path = model_folder(path)
     model = load_pretrained(path, **overrides)
     saved = load_folder_tokenizer(path)
     if tokenizer is None and saved is None:

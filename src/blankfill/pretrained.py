@@ -29,12 +29,13 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import convert
 from .config import ConfigError, ModelConfig, to_dict
 from .hub import hub_config, read_model_config
 from .model import GLM
+from .safeio import follow_umask, guard_write, save_safetensors, torch_save
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,11 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     files = mp_shard_files(path)
     if files:
         return _load_mp(files), f"{files[0].parent} (MP={len(files)})"
+    if (path / "dcp").is_dir():  # a sharded FSDP training checkpoint (train/dcp.py)
+        raise ConfigError(
+            f"{path} is a sharded (FSDP) checkpoint; write a model folder from it with: "
+            f"blankfill convert --from {path} --to DIR"
+        )
     raise ConfigError(
         f"no weights in {path}: expected {WEIGHTS_NAME}, {HUB_BIN_NAME}, a shard index "
         "(*.index.json) or mp_rank_00_model_states.pt"
@@ -282,8 +288,9 @@ def _sentencepiece_tokenizer(model_file: Path, path: Path) -> Any:
 
 def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
+    with guard_write(path, tmp), os.fdopen(fd, "w") as f:
         f.write(text)
+    follow_umask(tmp)
     os.replace(tmp, path)
 
 
@@ -308,10 +315,11 @@ def save_state(
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     name = WEIGHTS_NAME if weights == "safetensors" else HUB_BIN_NAME
     tmp = path / f".{name}.tmp"
-    if weights == "safetensors":
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    else:
-        torch.save({k: v.clone() for k, v in state.items()}, tmp)
+    with guard_write(path / name, tmp):
+        if weights == "safetensors":
+            save_safetensors(state, tmp, metadata={"format": "pt"})
+        else:
+            torch_save({k: v.clone() for k, v in state.items()}, tmp)
     os.replace(tmp, path / name)
     for stale in {WEIGHTS_NAME, HUB_BIN_NAME} - {name}:  # never leave two weight files behind
         (path / stale).unlink(missing_ok=True)
@@ -346,12 +354,26 @@ def convert_folder(
         raise ConfigError(f"--to {dst} is the source folder; choose a new folder")
     if copy_gmask_row:
         state = convert.copy_gmask_row(state)
+    final, dst = dst, dst.parent / f".{dst.name}.tmp-{os.getpid()}"  # renamed when complete
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    with guard_write(final, dst):
+        _write_converted(src, dst, state, cfg, to_format, weights)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(dst, final)
+    log.info("wrote %s (%s format) from %s", final, to_format, src)
+    return final
+
+
+def _write_converted(src: Path, dst: Path, state, cfg, to_format, weights) -> None:
     save_state(state, cfg, dst, to_format, weights)
     names = OUR_TOKENIZER_FILES + OFFICIAL_TOKENIZER_FILES
     names += HUB_CODE_FILES if to_format == "hub" else ()
     for name in names:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
+            follow_umask(dst / name)
     if to_format == "blankfill" and not (src / OUR_TOKENIZER_FILES[0]).is_file():
         try:
             tokenizer = load_folder_tokenizer(src)
@@ -366,5 +388,3 @@ def convert_folder(
                         cfg.vocab_size,
                     )
                 tokenizer.save(dst)
-    log.info("wrote %s (%s format) from %s", dst, to_format, src)
-    return dst

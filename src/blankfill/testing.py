@@ -68,10 +68,14 @@ class SyntheticBatches:
         return self.batch(g)
 
     def state_dict(self) -> dict:
-        return {"index": self.index}
+        """This rank's position and the global one (micro-batches of all ranks consumed)."""
+        return {"index": self.index, "consumed": self.index * self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        self.index = int(state["index"])
+        """Resume; on another world size from the global position (like ``PretrainLoader``)."""
+        consumed = int(state.get("consumed", int(state["index"]) * self.world_size))
+        assert consumed % self.world_size == 0, f"{consumed} batches do not split over ranks"
+        self.index = consumed // self.world_size
 
     def batch(self, g: int):
         import numpy as np

@@ -27,14 +27,14 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from . import spm
 from .config import pad_vocab
 from .special_tokens import (
     _VOCAB_TEXT,
@@ -46,9 +46,18 @@ from .special_tokens import (
     TRAINED_SPECIALS,
     SpecialTokens,
 )
-from .vocab_files import _added, _append, _byte_bpe, _existing_file, _index, _read_bpe, _require
+from .vocab_files import (
+    _added,
+    _append,
+    _byte_bpe,
+    _existing_file,
+    _index,
+    _read_bpe,
+    _require,
+    _training_source,
+)
 
-Kind = Literal["bpe", "bert", "gpt2", "roberta"]
+Kind = Literal["bpe", "bert", "gpt2", "roberta", "sentencepiece"]
 
 
 class Tokenizer:
@@ -139,6 +148,8 @@ class Tokenizer:
         _require(vocab, ("<s>", "</s>", "<unk>", "<mask>"), Path(vocab_json))
         vocab = _append(vocab, ["<|startofpiece|>", "<|endofpiece|>"], Path(vocab_json))
         return cls._assemble(_byte_bpe(vocab, merges), vocab, "roberta")
+
+    from_sentencepiece = classmethod(spm.from_sentencepiece)  # the Chinese GLMs (spec §2)
 
     @classmethod
     def _assemble(cls, backend: Backend, vocab: dict[str, int], kind: Kind) -> Tokenizer:
@@ -294,46 +305,6 @@ def train_tokenizer(
     return Tokenizer(backend, special, kind="bpe")
 
 
-def _training_source(source: Any) -> tuple[list[Path] | None, Iterator[str] | None]:
-    """Split the training input into a list of files or a stream of texts (see train_tokenizer)."""
-    if isinstance(source, (str, os.PathLike)):
-        return _expand_files([source]), None
-    items = iter(source)
-    first = next(items, None)
-    if first is None:
-        raise ValueError("train_tokenizer got no training text (an empty list of files/texts)")
-    if isinstance(first, os.PathLike):
-        return _expand_files(chain([first], items)), None
-
-    def texts() -> Iterator[str]:
-        for item in chain([first], items):
-            if not isinstance(item, str):
-                raise TypeError(f"train_tokenizer: expected str texts, got {type(item).__name__}")
-            yield item
-
-    return None, texts()
-
-
-def _expand_files(paths: Iterable[Any]) -> list[Path]:
-    files: list[Path] = []
-    for p in paths:
-        if not isinstance(p, (str, os.PathLike)):
-            raise TypeError(f"train_tokenizer: expected paths, got {type(p).__name__}")
-        p = Path(p)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*.txt") if f.is_file())
-            if not found:
-                raise ValueError(f"tokenizer training folder {p} holds no *.txt files")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ValueError(f"tokenizer training file {p} does not exist; check the path")
-    if not files:
-        raise ValueError("train_tokenizer got no training files")
-    return files
-
-
 # ---- loading ---------------------------------------------------------------------------------
 
 
@@ -343,7 +314,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     Reads ``tokenizer.json`` + ``special_tokens.json`` (written by :meth:`Tokenizer.save`); a
     folder with only official files loads them instead: ``vocab.txt`` (BERT, no task masks), or
     ``vocab.json`` + ``merges.txt`` (RoBERTa when the vocabulary has ``<mask>``, else GPT-2 with
-    task masks).
+    task masks), or the Chinese GLMs' SentencePiece ``cog-pretrain.model``.
     """
     path = Path(path)
     if not path.is_dir():
@@ -359,9 +330,11 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         return Tokenizer.from_gpt2_files(path / "vocab.json", path / "merges.txt")
     if (path / TOKENIZER_FILE).is_file():
         return _load_saved(path)  # an error naming the missing special_tokens.json
+    if (model := spm.find_model_file(path)) is not None:
+        return Tokenizer.from_sentencepiece(model)
     raise ValueError(
         f"no tokenizer in {path}: expected {TOKENIZER_FILE} + {SPECIAL_FILE} "
-        "(Tokenizer.save), vocab.txt (BERT) or vocab.json + merges.txt (GPT-2/RoBERTa)"
+        "(Tokenizer.save), vocab.txt, vocab.json + merges.txt or a SentencePiece *.model"
     )
 
 
@@ -373,7 +346,7 @@ def _load_saved(path: Path) -> Tokenizer:
                 f"{TOKENIZER_FILE} and {SPECIAL_FILE} (re-save it with Tokenizer.save)"
             )
     try:
-        backend = Backend.from_file(str(path / TOKENIZER_FILE))
+        backend = spm.read_backend(path / TOKENIZER_FILE, Backend.from_file)
     except Exception as e:  # the Rust error type is not exported
         raise ValueError(
             f"{path / TOKENIZER_FILE} is not a valid tokenizer file: "

@@ -1,12 +1,15 @@
 """Reading official vocabulary files (BERT ``vocab.txt``, GPT-2/RoBERTa ``vocab.json`` +
-``merges.txt``) for ``blankfill.tokenizer``: checks with one-line errors, and the BPE backend."""
+``merges.txt``) for ``blankfill.tokenizer``: checks with one-line errors, and the BPE backend;
+also the training input of ``train_tokenizer`` (files, folders of ``*.txt``, or texts)."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as Backend
@@ -88,3 +91,43 @@ def _byte_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Backend:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     return backend
+
+
+def _training_source(source: Any) -> tuple[list[Path] | None, Iterator[str] | None]:
+    """Split the training input into a list of files or a stream of texts (see train_tokenizer)."""
+    if isinstance(source, (str, os.PathLike)):
+        return _expand_files([source]), None
+    items = iter(source)
+    first = next(items, None)
+    if first is None:
+        raise ValueError("train_tokenizer got no training text (an empty list of files/texts)")
+    if isinstance(first, os.PathLike):
+        return _expand_files(chain([first], items)), None
+
+    def texts() -> Iterator[str]:
+        for item in chain([first], items):
+            if not isinstance(item, str):
+                raise TypeError(f"train_tokenizer: expected str texts, got {type(item).__name__}")
+            yield item
+
+    return None, texts()
+
+
+def _expand_files(paths: Iterable[Any]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            raise TypeError(f"train_tokenizer: expected paths, got {type(p).__name__}")
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*.txt") if f.is_file())
+            if not found:
+                raise ValueError(f"tokenizer training folder {p} holds no *.txt files")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"tokenizer training file {p} does not exist; check the path")
+    if not files:
+        raise ValueError("train_tokenizer got no training files")
+    return files

@@ -139,10 +139,15 @@ def test_build_suffix_properties(n, data):
 
 
 def test_one_dimensional_positions():
+    """Official --no-block-position: Part B keeps its blank's position, block position 1."""
     ex = build_blocks(
         list(range(10, 20)), [(2, 4)], mask_id=MASK, sop_id=SOP, eop_id=EOP, block_positions=False
     )
-    assert ex.position_ids[0].tolist() == list(range(12)) and not ex.position_ids[1].any()
+    assert ex.position_ids[0].tolist() == [*range(9), 2, 2, 2]
+    assert ex.position_ids[1].tolist() == [0] * 9 + [1, 1, 1]
+    suffix = build_suffix(list(range(10, 20)), 4, gmask_id=GMASK, sop_id=SOP, block_positions=False)
+    assert suffix.position_ids[0].tolist() == [*range(7), 6, 6, 6, 6]
+    assert suffix.position_ids[1].tolist() == [0] * 7 + [1] * 4
 
 
 @pytest.mark.parametrize(

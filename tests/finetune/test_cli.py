@@ -32,7 +32,7 @@ def test_finetune_then_evaluate_write_checkpoint_metrics_and_json(folders, tmp_p
     model_dir, task, data = folders
     out = tmp_path / "run"
     argv = ["finetune", "--task", str(task), "--train", str(data), "--valid", str(data),
-            "--model", str(model_dir), "--out", str(out), "--optim.lr=1e-3", "--finetune.device=cpu"]  # fmt: skip
+            "--model", str(model_dir), "--out", str(out), "--optim.lr=1e-3", "--finetune.device=cpu", "--finetune.precision=fp32"]  # fmt: skip
     assert cli.main(argv) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert (out / "best" / "model.safetensors").is_file()

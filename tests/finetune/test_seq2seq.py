@@ -60,7 +60,9 @@ def test_tiny_model_learns_to_copy_the_last_word(tmp_path):
     torch.manual_seed(0)
     model = GLM(tiny_config())
     cfg = load_config(
-        FinetuneRunConfig, None, ["optim.lr=3e-3", "finetune.epochs=25", "finetune.batch_size=6"]
+        FinetuneRunConfig,
+        None,
+        ["optim.lr=3e-3", "finetune.epochs=25", "finetune.batch_size=6", "finetune.precision=fp32"],
     )
     out = finetune_seq2seq(model, tok, [(s, " " + t) for s, t in PAIRS],
                            [(s, " " + t) for s, t in PAIRS[:3]], cfg, out_dir=tmp_path)  # fmt: skip

@@ -123,3 +123,40 @@ def test_cli_vocab_too_small_is_one_line(tiny_store, tmp_path, capsys):
     args += [f"--train.out_dir={tmp_path / 'r'}", "--model.vocab_size=128"]
     assert cli.main(args) == 2
     assert "set --model.vocab_size=384" in capsys.readouterr().err
+
+
+def test_sigterm_prints_a_continue_command_that_works_when_pasted(tiny_store, tmp_path, capsys):
+    """Killed with SIGTERM under overrides: exit 143, and the printed command (the run folder's
+    own config.json) finishes the run; run again, it says the run is already finished."""
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    argv = ["pretrain", "--config", str(REPO / "configs/pretrain/tiny.toml"),
+            f"--data.store={tiny_store}", f"--train.out_dir={out}", "--train.max_steps=40",
+            "--train.save_every=100", "--log.every=1", "--log.progress=false",
+            "--optim.lr=2e-3"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "blankfill", *argv], env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    line = next(x for x in err.splitlines() if "Continue with: " in x)
+    command = shlex.split(line.split("Continue with: ", 1)[1])
+    assert command[:2] == ["blankfill", "pretrain"] and "--data.store" not in line
+    assert cli.main(command[1:]) == 0  # pasted: the overrides come from RUN/config.json
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 40 and rows[0]["lr"] < 2e-3  # warmup of the run
+    assert (out / "checkpoints" / "step-00000040").is_dir()
+    capsys.readouterr()
+    assert cli.main(command[1:]) == 0
+    assert "is already finished: step 40 of train.max_steps=40" in capsys.readouterr().out

@@ -15,6 +15,7 @@ from blankfill.config import RunConfig, from_dict, to_dict
 from blankfill.model import GLM
 from blankfill.pretrained import load_pretrained
 from blankfill.testing import SyntheticBatches, tiny_config
+from blankfill.train.dcp import is_sharded, sharded_to_folder
 from blankfill.train.loop import train
 from blankfill.train.metrics import read_metrics
 
@@ -35,7 +36,8 @@ SCRIPT = textwrap.dedent(
         cfg = from_dict(RunConfig, {
             "model": to_dict(tiny_config()), "data": {"seq_len": 64},
             "optim": {"lr": 3e-3, "warmup": 0.2},
-            "train": {"out_dir": f"{out}/{strategy}", "max_steps": 4, "save_every": 0},
+            "train": {"out_dir": f"{out}/{strategy}", "max_steps": 4, "save_every": 0,
+                      "precision": "fp32"},
             "dist": {"strategy": strategy, "backend": "gloo"},
             "log": {"progress": False, "tensorboard": False},
         })
@@ -56,7 +58,13 @@ def single_process(out: Path) -> None:
             "model": to_dict(tiny_config()),
             "data": {"seq_len": 64},
             "optim": {"lr": 3e-3, "warmup": 0.2},
-            "train": {"out_dir": str(out), "max_steps": 4, "save_every": 0, "grad_accum": 2},
+            "train": {
+                "out_dir": str(out),
+                "max_steps": 4,
+                "save_every": 0,
+                "grad_accum": 2,
+                "precision": "fp32",
+            },
             "log": {"progress": False, "tensorboard": False},
         },
     )
@@ -90,6 +98,9 @@ def test_two_process_gloo_ddp_and_fsdp_equal_one_process(tmp_path):
         for w, g in zip(want, got, strict=True):
             assert g["loss"] == pytest.approx(w["loss"], rel=1e-5, abs=1e-6), strategy
             assert g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-4), strategy
-        state = load_pretrained(tmp_path / strategy / "checkpoints" / "step-00000004").state_dict()
+        ckpt = tmp_path / strategy / "checkpoints" / "step-00000004"
+        if is_sharded(ckpt):  # FSDP writes sharded (DCP) checkpoints
+            ckpt = sharded_to_folder(ckpt, tmp_path / f"{strategy}-folder")
+        state = load_pretrained(ckpt).state_dict()
         for k, v in ref.items():
             torch.testing.assert_close(state[k], v, rtol=1e-4, atol=1e-5, msg=f"{strategy} {k}")

@@ -30,7 +30,7 @@ def run_config(out_dir, **sections) -> RunConfig:
         "model": to_dict(tiny_config()),
         "data": {"seq_len": 64},
         "optim": {"lr": 3e-3, "warmup": 0.05},
-        "train": {"out_dir": str(out_dir), "max_steps": 10, "save_every": 0},
+        "train": {"out_dir": str(out_dir), "max_steps": 10, "save_every": 0, "precision": "fp32"},
         "log": {"progress": False, "tensorboard": False},
     }
     for name, values in sections.items():
@@ -202,14 +202,36 @@ def test_nonfinite_step_is_skipped_then_training_continues(tmp_path, caplog):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_consecutive_nonfinite_steps_abort_with_checkpoint(tmp_path):
+def test_consecutive_nonfinite_steps_abort_with_the_last_finite_weights(tmp_path):
+    cfg = run_config(tmp_path, train={"max_steps": 10, "max_bad_steps": 3, "save_every": 2})
+    model = GLM(cfg.model)
+    calls = {"n": 0}
+
+    def poison_from_the_third_forward(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] >= 3 else output
+
+    model.transformer.final_layernorm.register_forward_hook(poison_from_the_third_forward)
+    # the guard reads the flags back every min(log.every, max_bad_steps) = 3 steps
+    with pytest.raises(TrainingDiverged, match="4 consecutive non-finite steps") as err:
+        train(cfg, model, SyntheticBatches(4))
+    newest = ck.list_checkpoints(tmp_path)[0]
+    assert "last finite weights are saved in" in str(err.value) and newest.name in str(err.value)
+    # skipped steps change nothing: the saved weights are those after step 2, and finite
+    saved = load_pretrained(newest).state_dict()
+    after_two = load_pretrained(ck.checkpoint_path(tmp_path, 2)).state_dict()
+    for k, v in saved.items():
+        assert torch.isfinite(v).all() and torch.equal(v, after_two[k]), k
+
+
+def test_nonfinite_weights_are_never_saved(tmp_path):
     cfg = run_config(tmp_path, train={"max_steps": 10, "max_bad_steps": 3})
     model = GLM(cfg.model)
     with torch.no_grad():
         model.transformer.final_layernorm.weight.fill_(float("inf"))
-    with pytest.raises(TrainingDiverged, match="3 consecutive non-finite steps"):
+    with pytest.raises(TrainingDiverged, match="weights are not finite, so nothing was saved"):
         train(cfg, model, SyntheticBatches(4))
-    assert ck.list_checkpoints(tmp_path)[0].name == "step-00000003"
+    assert ck.list_checkpoints(tmp_path) == []
 
 
 def test_sigterm_saves_and_stops(tmp_path):

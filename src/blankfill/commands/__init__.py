@@ -47,6 +47,23 @@ def build_parser(verbs: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def at_least(least: int | float, kind: type = int):
+    """An argparse ``type`` for a number >= ``least`` (``type=at_least(1)``): 0 or a negative
+    count would hang or build absurd samples; argparse reports the flag in one line."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value >= least or value in (float("inf"), float("-inf")):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def add_aliases(parser: argparse._ActionsContainer, section: str, names: Sequence[str]) -> None:
     """Short flags (``--top-p 0.9``) that stand for ``--section.key=value`` overrides."""
     for name in names:

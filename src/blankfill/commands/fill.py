@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import DecodingConfig, load_config
 from ..filling import BlankFiller, Streamer, build_prompt
@@ -46,9 +47,13 @@ def _prompts(args: argparse.Namespace) -> Iterator[tuple[int, str]]:
     if args.text is not None and args.text != "-" and not args.file:
         yield 1, args.text
         return
-    with (
-        open(args.file, encoding="utf-8") if args.file else contextlib.nullcontext(sys.stdin) as fh
-    ):
+    if args.file:
+        from ..finetune.readers import read_utf8
+
+        fh: Any = read_utf8(args.file).splitlines()
+    else:
+        fh = sys.stdin
+    with contextlib.nullcontext(fh):
         for i, line in enumerate(fh, 1):
             if line.strip():
                 yield i, line.rstrip("\n")
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(FillConfig, None, overrides(args)).decoding  # fails before the model loads
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
+    if args.file and args.text is not None:
+        raise ValueError("give a prompt or --file, not both (the prompt would be ignored)")
     filler = BlankFiller.from_pretrained(args.model, args.tokenizer)
     stream = args.batch_size == 1 and not args.json
     mark = ("[", "]") if args.mark else ("", "")

@@ -23,6 +23,16 @@ def configure(p: argparse.ArgumentParser) -> None:
         "train.precision=auto picks here, and why (runs a ~1 s matmul check)",
     )
     p.add_argument("--device", default="auto", help="with --hardware: the device to choose for")
+    m = p.add_argument_group("--memory: per-device estimate of one training step (AdamW)")
+    m.add_argument("--memory", action="store_true", help="print the memory estimate")
+    m.add_argument("--world-size", type=int, default=1, help="devices (FSDP divides by it)")
+    m.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    m.add_argument("--fsdp", action="store_true", help="shard weights, gradients, optimizer")
+    m.add_argument("--activation-checkpointing", action="store_true")
+    m.add_argument("--batch-size", type=int, default=8, help="rows per micro-batch per device")
+    m.add_argument("--seq-len", type=int, default=512, help="tokens per row")
+    m.add_argument("--targets", type=float, default=0.15,
+                   help="share of tokens with a loss (0.15 pretraining; ~0.01 cloze)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,5 +50,23 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("name a preset or a model folder, or pass --hardware")
     path = Path(args.model)
     cfg = read_model_config(path / "config.json") if path.is_dir() else preset(args.model)
-    print(json.dumps({**to_dict(cfg), "parameters": count_parameters(cfg)}, indent=2))
+    if not args.memory:
+        print(json.dumps({**to_dict(cfg), "parameters": count_parameters(cfg)}, indent=2))
+        return 0
+    from ..train.memory import estimate_memory, format_estimate
+
+    for name in ("world_size", "batch_size", "seq_len"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 < args.targets <= 1:
+        raise ValueError("--targets must be in (0, 1]")
+    est = estimate_memory(cfg, batch_size=args.batch_size, seq_len=args.seq_len,
+                          world_size=args.world_size, precision=args.precision, fsdp=args.fsdp,
+                          activation_checkpointing=args.activation_checkpointing,
+                          target_fraction=args.targets)  # fmt: skip
+    setup = (f"{args.model}: {count_parameters(cfg):,} parameters; per device, batch "
+             f"{args.batch_size} x {args.seq_len} tokens, {args.precision}"
+             f"{', FSDP over ' + str(args.world_size) if args.fsdp else ''}"
+             f"{', activation checkpointing' if args.activation_checkpointing else ''}")  # fmt: skip
+    print(f"{setup} (an estimate: blankfill.train.memory)\n{format_estimate(est)}")
     return 0

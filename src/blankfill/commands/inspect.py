@@ -13,7 +13,7 @@ from ..config import CorruptConfig, DataConfig, load_config
 from ..data.corrupt import Example
 from ..data.objectives import Corruptor, RawSample
 from ..data.store import sentence_end_table, special_to_dict
-from . import add_aliases, overrides
+from . import add_aliases, at_least, overrides
 
 _MIX = {"token": (1.0, 0.0, 0.0), "sentence": (0.0, 1.0, 0.0), "document": (0.0, 0.0, 1.0)}
 
@@ -37,13 +37,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     src.add_argument("store", nargs="?", help="a token store folder (from blankfill prepare)")
     src.add_argument("--text", help="raw text to corrupt instead of a store sample")
     p.add_argument("--tokenizer", metavar="DIR", help="with --text: a saved tokenizer folder")
-    p.add_argument("--index", type=int, default=0, help="global sample index in the stream")
+    p.add_argument("--index", type=at_least(0), default=0,
+                   help="global sample index in the stream")  # fmt: skip
     p.add_argument("--split", choices=("train", "valid"), default="train")
     add_aliases(p, "data", ("valid_fraction", "seq_len", "seed"))
     p.add_argument("--objective", choices=tuple(_MIX), default="token",
                    help="sets corrupt.token_prob / sentence_prob / document_prob")  # fmt: skip
     p.add_argument("--no-shuffle", action="store_true", help="Part B in text order")
-    p.add_argument("--max-rows", type=int, default=60, help="token table rows to print")
+    p.add_argument("--max-rows", type=at_least(1), default=60, help="token table rows to print")
 
 
 def render_mask(ex: Example, width: int = 48) -> str:
@@ -63,10 +64,14 @@ def describe(ex: Example, tokenizer: Any, special: Any, max_rows: int = 60) -> s
 
     sep = ex.context_len
     ids, labels, (pos, blk) = ex.input_ids, ex.labels, ex.position_ids
+    starts = [i for i in range(sep, len(ids)) if blk[i] == 1]
+    k = len(starts)
     lines = [f"objective {('MASK', 'sMASK', 'gMASK')[ex.objective]}, length {len(ex)}, "
              f"context_len (|Part A|) {sep}, sample {ex.sample_index}",
+             f"length {len(ex)} = {len(ex) - 2 * k} sample tokens ([CLS] + text, at most "
+             f"--seq-len) + 2 per span x {k} span(s): each span leaves a blank in Part A and "
+             "opens with [sop] in Part B",
              "", "Part A:", "  " + text(ids[:sep]).replace("\n", "\\n"), "", "Part B:"]  # fmt: skip
-    starts = [i for i in range(sep, len(ids)) if blk[i] == 1]
     for s, e in zip(starts, [*starts[1:], len(ids)], strict=False):
         span = text(labels[s : e - 1]).replace("\n", "\\n")
         lines.append(f"  at position {pos[s]}: [sop] {span} [eop]")
@@ -90,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     preset += ["corrupt.shuffle_spans=false"] if args.no_shuffle else []
     cfg = load_config(CONFIG, None, preset + overrides(args))
     ccfg = cfg.corrupt
+    if args.text is None and args.tokenizer:
+        raise ValueError("--tokenizer applies with --text only (a store has its own tokenizer)")
+    if args.text is not None and args.split != "train":
+        raise ValueError("--split applies to a store sample only, not to --text")
     if args.text is not None:
         if not args.tokenizer:
             raise ValueError("--text needs --tokenizer DIR (a saved tokenizer folder)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..data.sources import ReadStats, iter_documents, list_input_files
 from ..data.store import TokenStore, prepare
+from . import at_least
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train a byte-level BPE tokenizer on the inputs first",
     )
-    p.add_argument("--vocab-size", type=int, default=8192, help="with --train-tokenizer")
+    p.add_argument("--vocab-size", type=at_least(265), default=None,
+                   help="with --train-tokenizer (default 8192)")  # fmt: skip
     p.add_argument(
         "--txt-mode",
         choices=("file", "blank_lines"),
@@ -56,13 +58,22 @@ def _tokenizer(args: argparse.Namespace, files: list[Path]):
         for doc in iter_documents(f, stats, txt_mode=args.txt_mode, text_field=args.text_field)
     ]
     t0 = time.perf_counter()
-    tok = tk.train_tokenizer(texts, vocab_size=args.vocab_size)
+    tok = tk.train_tokenizer(texts, vocab_size=args.vocab_size or 8192)
     log.info("trained a %d-token tokenizer in %.1fs", tok.vocab_size, time.perf_counter() - t0)
     return tok
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.vocab_size is not None and not args.train_tokenizer:
+        raise ValueError(
+            "--vocab-size applies with --train-tokenizer only (--tokenizer has its own)"
+        )
     files = list_input_files(args.input)
+    kinds = {f.name.lower().split(".")[1] for f in files}
+    if args.text_field != "text" and "jsonl" not in kinds:
+        raise ValueError("--text-field applies to .jsonl inputs only, and there are none")
+    if args.txt_mode != "file" and "txt" not in kinds:
+        raise ValueError("--txt-mode applies to .txt inputs only, and there are none")
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite or choose another --out")
@@ -70,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
     total = sum(f.stat().st_size for f in files)
     bar = None
     if not args.no_progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing")
+        bar = progress_bar(total, unit="B", unit_scale=True, desc="tokenizing")
     t0 = time.perf_counter()
     try:
         manifest = prepare(

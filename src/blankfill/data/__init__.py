@@ -4,6 +4,7 @@ Submodules ``store`` and ``loader`` (``TokenStore``, ``prepare``, ``PretrainLoad
 on use; the pure layout functions and the batch are re-exported here.
 """
 
+from .baselines import build_causal, build_masked
 from .batch import OBJECTIVES, Batch
 from .corrupt import Example, build_blocks, build_suffix, reconstruct
 from .objectives import Corruptor, RawSample
@@ -16,6 +17,8 @@ __all__ = [
     "Example",
     "RawSample",
     "build_blocks",
+    "build_causal",
+    "build_masked",
     "build_suffix",
     "collate_pack",
     "collate_pad",

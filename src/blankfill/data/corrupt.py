@@ -12,6 +12,10 @@ Glossary (one meaning per word, used across ``blankfill.data``):
   its span's blank), row 1 the block position (0 in Part A, 1..len+1 inside a span, ``[sop]`` = 1).
 - ``labels``: pre-shifted: the label at t is the token that follows t in Part B; Part-A labels equal
   the inputs (their loss is 0).
+- *sentinel*: the ablation of GLM Table 6 (T5-style, official ``--sentinel-token``): span i >= 1
+  of Part B gets its own blank ``[MASK_i]``, which also opens it in Part B (span 0 keeps ``[MASK]``
+  and ``[sop]``, as officially), and Part B's positions say nothing of where a span was.
+- The masked-LM and causal-LM baselines use the same ``Example`` form (``blankfill.data.baselines``).
 
 Everything here is a pure function of its arguments; randomness arrives as ``np.random.Generator``.
 """
@@ -107,6 +111,7 @@ def build_blocks(
     eop_id: int,
     order: Sequence[int] | None = None,
     block_positions: bool = True,
+    sentinel_ids: Sequence[int] | None = None,
 ) -> Example:
     """Lay out a text with blanked spans as Part A + Part B (official ``make_block_data``).
 
@@ -122,8 +127,14 @@ def build_blocks(
         eop_id: ``[eop]``, the last Part-B label of each span.
         order: indices into ``spans`` giving their Part-B order (a permutation of ``range(k)``);
             None: text order.
-        block_positions: True: 2D positions (GLM §2.3). False: the 1D ablation, position ids count
-            on through Part B and block positions are 0.
+        block_positions: True: 2D positions (GLM §2.3). False: the 1D ablation (official
+            ``--no-block-position``): Part B keeps its blank's position, every Part-B block
+            position is 1, so nothing tells a span token its offset inside the span.
+        sentinel_ids: the sentinel ablation (official ``--sentinel-token``): span i >= 1 of Part
+            B is blanked by ``sentinel_ids[i - 1]`` in Part A and opened by it in Part B instead
+            of ``[sop]`` (span 0 keeps ``mask_id`` and ``[sop]``); all of Part B takes position
+            ``context_len`` (officially max_seq_len), so only the blank's identity links a span to
+            its place. Needs >= k - 1 ids.
 
     Returns:
         An ``Example`` with ``input_ids``/``labels``/``loss_mask`` [n + 2k], ``position_ids``
@@ -142,6 +153,14 @@ def build_blocks(
         if sorted(order) != list(range(k)):
             raise ValueError(f"order must be a permutation of range({k}), got {order}")
         order = np.asarray(order, dtype=np.int64)
+    if sentinel_ids is not None and len(sentinel_ids) < k - 1:
+        raise ValueError(
+            f"{k} spans need {k - 1} sentinel ids, got {len(sentinel_ids)}; raise corrupt.sentinels"
+        )
+    blank = np.full(k, mask_id, dtype=np.int64)  # [k] blank of each span (spans order)
+    opener = np.full(k, sop_id, dtype=np.int64)  # [k] first Part-B input of each span
+    if sentinel_ids is not None and k > 1:
+        blank[order[1:]] = opener[order[1:]] = np.asarray(sentinel_ids[: k - 1], dtype=np.int64)
     # Part A: drop every span token but the first, which becomes the blank. The running sum of
     # `step` (+1 at start + 1, -1 at end) is 1 exactly on the dropped text positions.
     step = np.zeros(n + 1, np.int64)
@@ -149,7 +168,7 @@ def build_blocks(
     step[ends] -= 1
     keep = step[:n].cumsum() == 0  # [n]
     part_a = text.copy()
-    part_a[starts] = mask_id
+    part_a[starts] = blank
     part_a = part_a[keep]  # [sep]
     sep = len(part_a)
     a_index = keep.cumsum() - 1  # [n] index in Part A of each surviving text position
@@ -165,17 +184,14 @@ def build_blocks(
     input_ids[:sep] = part_a
     labels[:sep] = part_a
     b_in, b_lab = input_ids[sep:], labels[sep:]  # views
-    text.take(src, out=b_in, mode="clip")  # src >= -1; -1 only at a [sop], overwritten
-    b_in[off] = sop_id
+    text.take(src, out=b_in, mode="clip")  # src >= -1; -1 only at an opener, overwritten
+    b_in[off] = opener[order]
     text.take(src + 1, out=b_lab, mode="clip")  # src + 1 <= n; n only at an [eop]
     b_lab[off + m] = eop_id
     position_ids = np.zeros((2, T), np.int64)
-    if block_positions:
-        position_ids[0, :sep] = np.arange(sep)
-        position_ids[0, sep:] = a_index[S].repeat(m + 1)
-        position_ids[1, sep:] = np.arange(nb) - off.repeat(m + 1) + 1
-    else:
-        position_ids[0] = np.arange(T)
+    position_ids[0, :sep] = np.arange(sep)
+    position_ids[0, sep:] = a_index[S].repeat(m + 1) if sentinel_ids is None else sep
+    position_ids[1, sep:] = np.arange(nb) - off.repeat(m + 1) + 1 if block_positions else 1
     loss_mask = np.zeros(T, dtype=np.float32)
     loss_mask[sep:] = 1.0
     return Example(
@@ -207,7 +223,7 @@ def build_suffix(
         gmask_id: ``[gMASK]``.
         sop_id: ``[sop]``.
         loss_mask: float [n], the text's own loss mask (0 at ``[CLS]``), applied on the suffix.
-        block_positions: False gives 1D positions (see ``build_blocks``).
+        block_positions: False: the 1D ablation, block position 1 on all of Part B.
 
     Returns:
         An ``Example`` of length n + 1 with ``context_len`` = n - g + 1.
@@ -224,13 +240,11 @@ def build_suffix(
     input_ids = np.concatenate((src, [gmask_id, sop_id], tgt[:-1])).astype(np.int64)
     labels = np.concatenate((src, [gmask_id], tgt)).astype(np.int64)
     loss = np.concatenate((np.zeros(s + 1, np.float32), lm[n - g :]))
-    T = n + 1
-    if block_positions:
-        pos = np.arange(T, dtype=np.int64)
-        pos[s + 1 :] = s
-        blk = np.concatenate((np.zeros(s, np.int64), np.arange(g + 1, dtype=np.int64)))
-    else:
-        pos, blk = np.arange(T, dtype=np.int64), np.zeros(T, np.int64)
+    pos = np.arange(n + 1, dtype=np.int64)
+    pos[s + 1 :] = s
+    blk = np.concatenate((np.zeros(s, np.int64), np.arange(g + 1, dtype=np.int64)))
+    if not block_positions:  # official: 0 on src and [gMASK], 1 from [sop] on
+        blk = (blk > 0).astype(np.int64)
     return Example(
         input_ids=input_ids,
         labels=labels,
@@ -360,20 +374,36 @@ def sentence_spans(
     return spans
 
 
-def reconstruct(example: Example, *, sop_id: int, eop_id: int) -> np.ndarray:
-    """Invert ``build_blocks`` (2D positions): put each Part-B span back at its blank.
+def reconstruct(
+    example: Example,
+    *,
+    sop_id: int,
+    eop_id: int,
+    sentinel_ids: Sequence[int] | None = None,
+    mask_id: int | None = None,
+) -> np.ndarray:
+    """Invert ``build_blocks``: put each Part-B span back at its blank.
+
+    Spans are found by their opener (``[sop]``, or a sentinel) and placed by their position id, or,
+    with ``sentinel_ids`` (and the ``mask_id`` of span 0), at the Part-A blank of that opener.
 
     Returns:
         int64 [n], the original text.
     """
     sep = example.context_len
     ids, labels = example.input_ids, example.labels
-    pos, blk = example.position_ids
+    pos = example.position_ids[0]
+    openers = {sop_id, *(int(i) for i in sentinel_ids or ())}
     span_at: dict[int, np.ndarray] = {}
-    starts = np.flatnonzero((blk == 1) & (np.arange(len(ids)) >= sep))
-    ends = [*starts[1:].tolist(), len(ids)]
-    for s, e in zip(starts.tolist(), ends, strict=False):
-        assert ids[s] == sop_id and labels[e - 1] == eop_id, "Part B span must be [sop]...→[eop]"
-        span_at[int(pos[s])] = labels[s : e - 1]
+    starts = [t for t in range(sep, len(ids)) if int(ids[t]) in openers]
+    ends = [*starts[1:], len(ids)]
+    for s, e in zip(starts, ends, strict=False):
+        assert labels[e - 1] == eop_id, "a Part-B span must end in [eop]"
+        if sentinel_ids is None:
+            at = int(pos[s])
+        else:
+            blank = mask_id if ids[s] == sop_id else ids[s]
+            at = int(np.flatnonzero(ids[:sep] == blank)[0])
+        span_at[at] = labels[s : e - 1]
     parts = [span_at[i] if i in span_at else ids[i : i + 1] for i in range(sep)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -9,8 +9,12 @@
   ``document_suffix_prob``) the span is the text's suffix (``build_suffix``), else it sits at a
   random place (``build_blocks``).
 
-Part-B order is a seeded permutation when ``shuffle_spans`` (GLM §2.1), else text order. The
-corruptor holds no state; every draw comes from the ``rng`` passed in.
+Part-B order is a seeded permutation when ``shuffle_spans`` (GLM §2.1), else text order. With
+``sentinels`` the token level blanks span i >= 1 of Part B with its own ``[MASK_i]`` (GLM Table 6).
+``objective = "masked_lm"`` / ``"causal_lm"`` replace the mix by the BERT / GPT baselines
+(``blankfill.data.baselines``); their examples count as objective 0 (MASK) / 2 (gMASK, generation)
+in the per-objective losses. The corruptor holds no state; every draw comes from the ``rng`` passed
+in.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..config import CorruptConfig
+from .baselines import build_causal, build_masked
 from .corrupt import (
     Example,
     build_blocks,
@@ -91,6 +96,16 @@ class Corruptor:
             int(special.gmask if special.gmask is not None else special.mask),
         )
         self.pmf = span_length_pmf(cfg.poisson_lambda, cfg.max_span_length)
+        self.sentinel_ids: list[int] | None = None
+        if cfg.sentinels:
+            self.sentinel_ids = list(range(cfg.sentinel_start, cfg.sentinel_start + cfg.sentinels))
+            taken = {int(v) for v in vars(special).values() if isinstance(v, int)}
+            clash = sorted(taken.intersection(self.sentinel_ids))
+            if clash:
+                raise ValueError(
+                    f"corrupt.sentinel_start={cfg.sentinel_start} puts sentinels on special ids "
+                    f"{clash}; set it to the tokenizer's vocab_size"
+                )
 
     def __call__(
         self,
@@ -111,6 +126,13 @@ class Corruptor:
         if len(sample) < 3:
             raise ValueError(f"a sample needs at least 3 tokens ([CLS] x [eos]), got {len(sample)}")
         u = rng.random()  # always drawn, so the stream does not depend on the mix
+        if self.cfg.objective == "masked_lm":
+            spans = self._token_spans(sample, rng) or []
+            ex = build_masked(sample.tokens, spans, mask_id=self.mask_ids[TOKEN])
+            return replace(ex, objective=TOKEN, sample_index=sample.index)
+        if self.cfg.objective == "causal_lm":
+            ex = build_causal(sample.tokens, sample.loss_mask)
+            return replace(ex, objective=DOCUMENT, sample_index=sample.index)
         obj = choose_objective(u, self.cfg) if objective is None else objective
         if obj == SENTENCE:
             ex = self.sentence_level(sample, rng)
@@ -132,7 +154,7 @@ class Corruptor:
     def _order(self, k: int, rng: np.random.Generator) -> list[int] | None:
         return rng.permutation(k).tolist() if self.cfg.shuffle_spans else None
 
-    def _blocks(self, sample: RawSample, spans, mask_id: int, rng) -> Example:
+    def _blocks(self, sample: RawSample, spans, mask_id: int, rng, sentinel_ids=None) -> Example:
         return build_blocks(
             sample.tokens,
             spans,
@@ -141,19 +163,26 @@ class Corruptor:
             eop_id=self.eop,
             order=self._order(len(spans), rng),
             block_positions=self.cfg.block_positions,
+            sentinel_ids=sentinel_ids,
         )
 
-    def token_level(self, sample: RawSample, rng: np.random.Generator) -> Example | None:
-        """``[MASK]`` spans; None if they cannot be placed (many short documents)."""
+    def _token_spans(self, sample: RawSample, rng: np.random.Generator) -> list | None:
+        """Poisson spans covering ``mask_ratio`` of the text, sorted; None if they do not fit."""
         segs = document_segments(sample.tokens, cls_id=self.cls, eos_id=self.eos)
         target = int(self.cfg.mask_ratio * len(sample))
         for _ in range(_MAX_REDRAWS):
             lengths = sample_span_lengths(target, rng, pmf=self.pmf)
             spans = place_spans(lengths, segs, rng, ratio=self.cfg.mask_ratio)
             if spans is not None and spans:
-                spans.sort()
-                return self._blocks(sample, spans, self.mask_ids[TOKEN], rng)
+                return sorted(spans)
         return None
+
+    def token_level(self, sample: RawSample, rng: np.random.Generator) -> Example | None:
+        """``[MASK]`` (or sentinel) spans; None if they cannot be placed (many short documents)."""
+        spans = self._token_spans(sample, rng)
+        if spans is None:
+            return None
+        return self._blocks(sample, spans, self.mask_ids[TOKEN], rng, self.sentinel_ids)
 
     def sentence_level(self, sample: RawSample, rng: np.random.Generator) -> Example | None:
         """Whole sentences as ``[sMASK]`` spans; None when the text has no sentence."""

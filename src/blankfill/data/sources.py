@@ -4,6 +4,10 @@ A ``.txt`` file is one document (``txt_mode="file"``) or holds documents separat
 (``txt_mode="blank_lines"``). A ``.jsonl`` file holds one JSON object per line with the document in
 ``text_field``. Undecodable bytes are replaced with U+FFFD and counted; empty documents are skipped
 and counted (``ReadStats``).
+
+A file that cannot be read (a truncated or corrupt ``.gz``, a ``.gz`` that is not gzip, a read
+error) stops the run with one ``ValueError`` naming the file: a silently shorter corpus is worse
+than a clear stop (remove or repair the file and run again).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +89,20 @@ def iter_documents(
     path: Path, stats: ReadStats, *, txt_mode: TxtMode = "file", text_field: str = "text"
 ) -> Iterator[str]:
     """Yield the non-empty documents of one input file, updating ``stats``."""
+    try:
+        yield from _iter_documents(path, stats, txt_mode=txt_mode, text_field=text_field)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(
+            f"{path}: truncated or corrupt gzip file ({type(e).__name__}: {e}); re-create or "
+            "re-download it, or leave it out of --input"
+        ) from None
+    except OSError as e:
+        if getattr(e, "filename", None):
+            raise
+        raise OSError(e.errno, f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _iter_documents(path: Path, stats: ReadStats, *, txt_mode: TxtMode, text_field: str):
     kind = _kind(path)
     stats.files += 1
     with _open(path) as f:

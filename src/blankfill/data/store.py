@@ -15,7 +15,9 @@ A store is a folder:
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from ..safeio import guard_write
 from .sources import ReadStats, TxtMode, iter_documents, list_input_files
+
+log = logging.getLogger(__name__)
 
 FORMAT = "blankfill-token-store/1"
 SENTENCE_END_CHARS = (".", "?", "!", ";", ":", "。", "？", "！", "；", "…", "\n")
@@ -79,7 +84,12 @@ class TokenStore:
                 f"{self.path} is not a token store: no manifest.json{hint}; "
                 "create one with `blankfill prepare --input ... --out DIR`"
             )
-        self.manifest: dict[str, Any] = json.loads(manifest.read_text())
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{manifest}: not valid JSON ({e}); re-run `blankfill prepare`"
+            ) from None
         if self.manifest.get("format") != FORMAT:
             raise ValueError(
                 f"{self.path}: unsupported store format {self.manifest.get('format')!r} "
@@ -143,6 +153,17 @@ class TokenStore:
         out = np.zeros(stop - start, dtype=bool)
         out[np.asarray(ends[lo:hi]) - start] = True
         return out
+
+    def check_tokenizer(self, tokenizer: Any, key: str = "train.tokenizer") -> None:
+        """Raise a one-line ValueError unless ``tokenizer`` is the one this store was made with
+        (same fingerprint): token ids from another tokenizer train a model on the wrong text."""
+        if str(tokenizer.fingerprint()) != self.tokenizer_fingerprint:
+            raise ValueError(
+                f"{key} is not the tokenizer {self.path} was prepared with (fingerprints "
+                f"{str(tokenizer.fingerprint())[:12]} vs {self.tokenizer_fingerprint[:12]}); "
+                f"leave {key} unset to use {self.path / 'tokenizer'}, or re-run `blankfill "
+                "prepare` with this tokenizer"
+            )
 
     def load_tokenizer(self) -> Any:
         from ..tokenizer import load_tokenizer  # type: ignore[attr-defined]
@@ -233,10 +254,11 @@ def prepare(
     special = special_to_dict(tokenizer.special)
     table = sentence_end_table(tokenizer.token_strings(), special.values())
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    try:
+    with guard_write(out, tmp):
         stats = ReadStats()
         offsets = _Int64Column(tmp / "doc_offsets.bin")
         ends = _Int64Column(tmp / "sentence_ends.bin")
@@ -304,7 +326,36 @@ def prepare(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
+
+
+def remove_stale_partials(out: str | Path) -> list[Path]:
+    """Remove the ``.OUT.partial-PID`` / ``.OUT.old-PID`` folders of ``prepare`` runs that were
+    killed (their process is gone); returns what was removed."""
+    out = Path(out)
+    removed = []
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 2 :].rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():  # killed between the two renames: keep it
+            log.warning("%s is missing; %s holds the previous store (rename it back)", out, p)
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    if removed:
+        log.info("removed %d folder(s) left by killed prepare runs: %s", len(removed),
+                 ", ".join(p.name for p in removed))  # fmt: skip
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -53,6 +53,7 @@ class ClozeBatch:
     answer_ids: torch.Tensor  # [B, C] single-token mode: each candidate's token id
     num_candidates: torch.Tensor  # [B]
     target: torch.Tensor  # [B] correct candidate, -1 for none (ignored by the loss)
+    target_index: torch.Tensor  # [N] flat indices (into B*T) of the positions with a target
 
 
 _WARNED: set[tuple] = set()  # (task, pattern id, answer lengths, vocabulary size) warned about
@@ -166,6 +167,7 @@ def collate(inputs: Sequence[ClozeInput], sop: int, pad: int, single_token: bool
         answer_ids=answer_ids,
         num_candidates=torch.tensor([len(x.answers) for x in inputs]),
         target=torch.tensor([x.target for x in inputs]),
+        target_index=(pad_to(tgt, -100, T).flatten() != -100).nonzero().squeeze(1),  # host-side
     )
 
 
@@ -214,10 +216,10 @@ def score(
         logits = model.logits(h_sop)  # [B, V]
         out = logits.gather(1, batch.answer_ids)  # [B, C]
     else:
-        sel = batch.targets != -100  # [B, T]
-        logp = F.log_softmax(model.logits(h[sel]).float(), dim=-1)  # [N, V]
-        tok = logp.gather(1, batch.targets[sel].unsqueeze(1)).squeeze(1)  # [N]
-        flat = (torch.arange(B, device=h.device).unsqueeze(1) * C + batch.candidate)[sel]  # [N]
+        sel = batch.target_index  # [N], computed in collate: no read-back of a device mask
+        logp = F.log_softmax(model.logits(h.flatten(0, 1)[sel]).float(), dim=-1)  # [N, V]
+        tok = logp.gather(1, batch.targets.flatten()[sel].unsqueeze(1)).squeeze(1)  # [N]
+        flat = (torch.arange(B, device=h.device).unsqueeze(1) * C + batch.candidate).flatten()[sel]
         out = torch.zeros(B * C, device=h.device).index_add(0, flat, tok).view(B, C)
         if length_penalty:
             n = torch.zeros(B * C, device=h.device).index_add(0, flat, torch.ones_like(tok))
@@ -244,27 +246,40 @@ def score_all(
     length_penalty: float = 0.0,
     head: ClassifierHead | None = None,
     progress: Callable[[int], None] | None = None,
+    run: Callable | None = None,
+    device: torch.device | str | None = None,
 ) -> list[list[float]]:
-    """Scores of every record's candidates, in order (model in eval mode during the call)."""
-    was_training = model.training
-    model.eval()
-    if head is not None:
-        head.eval()
-    device = next(model.parameters()).device
-    out: list[list[float]] = []
+    """Scores of every record's candidates, in order (model in eval mode during the call).
+
+    ``run(fn, batch)`` computes ``fn(glm, head, batch)`` (the training engine's wrapped module,
+    ``EvalContext.run``); by default ``model`` and ``head`` are called directly."""
+    if run is None:
+        was_training = model.training
+        model.eval()
+        if head is not None:
+            head.eval()
+        try:
+            return score_all(model, inputs, sop=sop, pad=pad, single_token=single_token,
+                             batch_size=batch_size, length_penalty=length_penalty,
+                             progress=progress, device=next(model.parameters()).device,
+                             run=lambda fn, b: fn(model, head, b))  # fmt: skip
+        finally:
+            model.train(was_training)
+            if head is not None:
+                head.train(was_training)
+
+    def scores_of(glm, head_, batch) -> torch.Tensor:
+        return score(glm, batch, single_token=single_token, length_penalty=length_penalty,
+                     head=head_)  # fmt: skip
+
     order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i].part_a))  # less padding
     by_index: dict[int, list[float]] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = to_device(collate([inputs[i] for i in idx], sop, pad, single_token), device)
-        s = score(model, batch, single_token=single_token, length_penalty=length_penalty,
-                  head=head)  # fmt: skip
+        s = run(scores_of, batch).float().cpu()
         for row, i in enumerate(idx):
             by_index[i] = s[row, : len(inputs[i].answers)].tolist()
         if progress is not None:
             progress(len(idx))
-    out = [by_index[i] for i in range(len(inputs))]
-    model.train(was_training)
-    if head is not None:
-        head.train(was_training)
-    return out
+    return [by_index[i] for i in range(len(inputs))]

@@ -24,6 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from .cloze import ClozeInput, collate, to_device
+from .readers import read_utf8
+
+
+def check_at_least(**values: tuple[int | None, int]) -> None:
+    """``name=(value, least)``: a one-line ValueError for a set value below its least (a stride
+    or batch of 0 would loop forever or fail deep inside)."""
+    for name, (value, least) in values.items():
+        if value is not None and value < least:
+            raise ValueError(f"{name.replace('_', '-')} must be >= {least}, got {value}")
 
 
 def _blank_id(tokenizer) -> int:
@@ -83,25 +92,25 @@ def lambada(
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """LAMBADA accuracy (and last-word perplexity) from the ``{"text": ...}`` jsonl."""
+    check_at_least(batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 8), limit=(limit, 1))
     model.eval()
     max_len = min(max_seq_len or 512, model.config.max_sequence_length)
     examples = []
-    with Path(path).open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(
-                    f"{path}:{n}: expected a JSON object with a 'text' field"
-                ) from None
-            if " " not in text.strip():
-                raise ValueError(f"{path}:{n}: the text has no last word to predict")
-            context, word = text.rstrip().rsplit(" ", 1)
-            examples.append((tokenizer.encode(context), tokenizer.encode(" " + word)))
-            if limit and len(examples) >= limit:
-                break
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
+        if " " not in text.strip():
+            raise ValueError(f"{path}:{n}: the text has no last word to predict")
+        context, word = text.rstrip().rsplit(" ", 1)
+        examples.append((tokenizer.encode(context), tokenizer.encode(" " + word)))
+        if limit and len(examples) >= limit:
+            break
+    if not examples:
+        raise ValueError(f"{path}: no examples (an empty file?); LAMBADA needs one text per line")
     sp = tokenizer.special
     correct, logp, tokens = 0, 0.0, 0
     for start in range(0, len(examples), batch_size):
@@ -127,6 +136,26 @@ def lambada(
             "mode": "unidirectional" if unidirectional else "bidirectional"}  # fmt: skip
 
 
+def sliding_windows(
+    ids: Sequence[int], max_len: int, stride: int
+) -> list[tuple[list[int], list[int]]]:
+    """(context, scored tokens) windows over ``ids``: every token but the first is scored once.
+
+    Each window scores up to ``stride`` tokens (at most ``max_len // 2``) given up to
+    ``max_len - 1 - stride`` tokens before them, which leaves room for the blank; the first
+    window predicts from one context token (spec §4.3).
+    """
+    stride = min(stride, max_len // 2)
+    context_size = max_len - 1 - stride
+    windows, start = [], 1
+    while start < len(ids):
+        windows.append(
+            (list(ids[max(0, start - context_size) : start]), list(ids[start : start + stride]))
+        )
+        start += stride
+    return windows
+
+
 @torch.no_grad()
 def perplexity(
     model,
@@ -141,26 +170,17 @@ def perplexity(
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Sliding-window perplexity of a text file (token level, and the adjusted word level)."""
+    check_at_least(stride=(stride, 1), batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 4))
     model.eval()
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     ids = tokenizer.encode(text)
     if len(ids) < 2:
         raise ValueError(f"{path}: needs at least two tokens to score")
     max_len = min(max_seq_len or model.config.max_sequence_length,
                   model.config.max_sequence_length)  # fmt: skip
-    stride = min(stride, max_len // 2)
-    context_size = max_len - 1 - stride  # leaves room for the blank
-    windows = []
-    start = 1  # the first window predicts from one context token
-    while start < len(ids):
-        ctx = ids[max(0, start - context_size) : start]
-        windows.append((ctx, ids[start : start + stride]))
-        start += stride
-        if limit and len(windows) >= limit:
-            break
+    windows = sliding_windows(ids, max_len, stride)
+    windows = windows[:limit] if limit else windows
     logp, tokens = 0.0, 0
     for b in range(0, len(windows), batch_size):
         rows = windows[b : b + batch_size]

@@ -7,6 +7,7 @@ functions turn one official SuperGLUE row into flat records (see ``tasks.py`` fo
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import string
@@ -24,12 +25,25 @@ def label_index(raw: Any, labels: tuple[Any, ...], where: str) -> int:
     )
 
 
-def read_rows(path: str | Path, fmt: str = "jsonl") -> Iterator[tuple[str, dict]]:
-    """Yield ("file:line", row) from a jsonl, tsv (with header) or csv (with header) file."""
+def read_utf8(path: str | Path) -> str:
+    """A text file's contents; bytes that are not UTF-8 are a one-line error naming file:line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    with path.open(encoding="utf-8") as f:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8"
+        ) from None
+
+
+def read_rows(path: str | Path, fmt: str = "jsonl") -> Iterator[tuple[str, dict]]:
+    """Yield ("file:line", row) from a jsonl, tsv (with header) or csv (with header) file."""
+    path = Path(path)
+    with io.StringIO(read_utf8(path), newline="") as f:
         if fmt == "jsonl":
             for n, line in enumerate(f, 1):
                 if not line.strip():
@@ -47,8 +61,13 @@ def read_rows(path: str | Path, fmt: str = "jsonl") -> Iterator[tuple[str, dict]
                 delimiter="\t" if fmt == "tsv" else ",",
                 quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
             )
-            for row in reader:
-                yield f"{path}:{reader.line_num}", {k.strip(): v for k, v in row.items() if k}
+            try:
+                for row in reader:
+                    if None in row.values():
+                        raise ValueError(f"{path}:{reader.line_num}: fewer fields than the header")
+                    yield f"{path}:{reader.line_num}", {k.strip(): v for k, v in row.items() if k}
+            except csv.Error as e:
+                raise ValueError(f"{path}:{reader.line_num}: not valid {fmt} ({e})") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ scores ROUGE-1/2/L F1 with ``rouge-score`` (the optional ``eval`` extra, importe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,14 @@ import torch.nn.functional as F
 
 from ..config import FinetuneRunConfig
 from ..device import resolve_device
+from ..train.distributed import DistInfo
 from .cloze import ClozeInput, collate, to_device
-from .loop import Recipe, train
-from .readers import read_rows
+from .lm import check_at_least
+from .loop import EvalContext, Recipe, train
+from .readers import read_rows, read_utf8
+from .runner import capped_length
+
+log = logging.getLogger(__name__)
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -33,8 +39,7 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
         for p in (src, tgt):
             if not p.is_file():
                 raise FileNotFoundError(f"seq2seq data needs both {src.name} and {tgt.name}: {p}")
-        sources = src.read_text(encoding="utf-8").splitlines()
-        targets = tgt.read_text(encoding="utf-8").splitlines()
+        sources, targets = read_utf8(src).splitlines(), read_utf8(tgt).splitlines()
         if len(sources) != len(targets):
             raise ValueError(f"{src} has {len(sources)} lines but {tgt} has {len(targets)}")
         return list(zip(sources, targets, strict=True))
@@ -66,13 +71,15 @@ def encode_pair(tokenizer, source: str, target: str, src_len: int, tgt_len: int)
                       target=0)  # fmt: skip
 
 
-def seq2seq_loss(model, batch, label_smoothing: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(smoothed mean token loss, number of correct argmax tokens) of a collated batch."""
+def seq2seq_loss(
+    model, batch, label_smoothing: float = 0.1, reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(smoothed token loss, its mean or sum, and the number of correct argmax tokens)."""
     h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask)
-    sel = batch.targets != -100  # [B, T]
-    logits = model.logits(h[sel]).float()  # [N, V]
-    tgt = batch.targets[sel]  # [N]
-    loss = F.cross_entropy(logits, tgt, label_smoothing=label_smoothing)
+    sel = batch.target_index  # [N] flat target positions, from collate (host-side)
+    logits = model.logits(h.flatten(0, 1)[sel]).float()  # [N, V]
+    tgt = batch.targets.flatten()[sel]  # [N]
+    loss = F.cross_entropy(logits, tgt, label_smoothing=label_smoothing, reduction=reduction)
     return loss, (logits.argmax(-1) == tgt).sum()
 
 
@@ -85,38 +92,61 @@ def finetune_seq2seq(
     *,
     out_dir=None,
     on_step: Callable[[dict], None] | None = None,
+    info: DistInfo | None = None,
 ) -> dict[str, Any]:
     """Fine-tune on (source, target) pairs; each epoch reports the validation loss and
     teacher-forced token accuracy (the best checkpoint is chosen by the accuracy)."""
+    require_pairs(valid_pairs, "validation data")
     ft = cfg.finetune
-    device = resolve_device(ft.device, key="finetune.device")
-    model.to(device)
+    info = info or DistInfo()
+    device = resolve_device(ft.device, info.local_rank, key="finetune.device")
     rows = model.config.max_sequence_length
-    src_len, tgt_len = min(ft.max_seq_len or rows, rows), min(ft.max_target_len, rows - 1)
+    src_len = capped_length(ft.max_seq_len or rows, model, "finetune.max_seq_len")
+    tgt_len = min(ft.max_target_len, rows - 1)
+    if ft.max_target_len > rows - 1:
+        log.info("finetune.max_target_len=%d is capped to %d by the model", ft.max_target_len,
+                 rows - 1)  # fmt: skip
     sp = tokenizer.special
     train_xs = [encode_pair(tokenizer, s, t, src_len, tgt_len) for s, t in train_pairs]
     valid_xs = [encode_pair(tokenizer, s, t, src_len, tgt_len) for s, t in valid_pairs]
 
-    def loss(items) -> torch.Tensor:
+    def loss(glm, head, items) -> torch.Tensor:
         batch = to_device(collate(items, sp.sop, sp.pad, single_token=False), device)
-        return seq2seq_loss(model, batch, ft.label_smoothing)[0]
+        return seq2seq_loss(glm, batch, ft.label_smoothing, reduction="sum")[0]
 
-    @torch.no_grad()
-    def evaluate() -> dict[str, float]:
-        model.eval()
-        total, correct, count = 0.0, 0, 0
-        for i in range(0, len(valid_xs), ft.eval_batch_size):
-            items = valid_xs[i : i + ft.eval_batch_size]
-            batch = to_device(collate(items, sp.sop, sp.pad, single_token=False), device)
-            n = int((batch.targets != -100).sum())
-            value, ok = seq2seq_loss(model, batch, 0.0)
-            total, correct, count = total + float(value) * n, correct + int(ok), count + n
+    def evaluate(ctx: EvalContext) -> dict[str, float]:
+        # this rank's share, summed on the device, then over ranks: [loss sum, correct, count]
+        sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+        mine = ctx.shard(valid_xs)
+        for i in range(0, len(mine), ft.eval_batch_size):
+            batch = to_device(collate(mine[i : i + ft.eval_batch_size], sp.sop, sp.pad,
+                                      single_token=False), device)  # fmt: skip
+            value, ok = ctx.run(lambda glm, head, b: seq2seq_loss(glm, b, 0.0, "sum"), batch)
+            sums += torch.stack([value.double(), ok.double(), (batch.targets != -100).sum()])
+        total, correct, count = ctx.sum(sums).tolist()
         return {"token_accuracy": correct / max(count, 1), "valid_loss": total / max(count, 1)}
 
-    info = {"kind": "seq2seq", "max_seq_len": src_len, "max_target_len": tgt_len}
-    recipe = Recipe(name="seq2seq", loss=loss, evaluate=evaluate, info=info)
+    info_json = {"kind": "seq2seq", "max_seq_len": src_len, "max_target_len": tgt_len}
+    recipe = Recipe(name="seq2seq", loss=loss, count=lambda items: sum(len(x.answers[0])
+                    for x in items), evaluate=evaluate, info=info_json)  # fmt: skip
     return train(model, recipe, train_xs, cfg, epochs=ft.epochs or 10, batch_size=ft.batch_size
-                 or 16, out_dir=out_dir, tokenizer=tokenizer, on_step=on_step)  # fmt: skip
+                 or 16, out_dir=out_dir, tokenizer=tokenizer, on_step=on_step, info=info,
+                 device=device)  # fmt: skip
+
+
+def require_pairs(
+    pairs: Sequence[tuple[str, str]], what: str = "evaluation data", source: str = ""
+) -> None:
+    """Raise a one-line ValueError for no pairs or a pair without a target (nothing to score)."""
+    if not pairs:
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}the {what} has no examples; give a non-empty file")
+    empty = [i for i, (_, t) in enumerate(pairs) if not t.strip()]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} of {len(pairs)} {what} pairs have an empty target (the first is pair "
+            f"{empty[0] + 1}); scores need reference targets"
+        )
 
 
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
@@ -148,9 +178,11 @@ def evaluate_seq2seq(
     """Generate each target (default: beam search, 5 beams, no-repeat 3-grams) and score ROUGE."""
     from ..generate import InfillIds, generate
 
+    require_pairs(pairs)
+    check_at_least(batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 8))
     model.eval()
     rows = model.config.max_sequence_length
-    src_len = min(max_seq_len or rows, rows)
+    src_len = capped_length(max_seq_len or rows, model, "max_seq_len")
     settings = {"strategy": "beam", "num_beams": 5, "no_repeat_ngram_size": 3, **decoding}
     ids = InfillIds.from_tokenizer(tokenizer)
     predictions = []

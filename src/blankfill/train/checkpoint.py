@@ -7,8 +7,14 @@ Layout of ``RUN_DIR/checkpoints/step-00000100/``::
     tokenizer.json, special_tokens.json   when the run has a tokenizer
     optimizer.pt        full (unsharded) AdamW state, parameter names as keys
     rank00000.pt        per rank: data-loader state and RNG states
-    trainer.json        step, tokens seen, world size and the size of every file above; written
-                        last, so a folder without it is incomplete
+    trainer.json        step, tokens seen, world size, and the size and sha256 of every file
+                        above; written last, so a folder without it is incomplete
+
+A checkpoint whose files do not match the sizes or checksums in ``trainer.json`` (truncated, or
+damaged in place) is skipped by ``--resume auto`` with a warning; if every checkpoint is damaged,
+resume refuses (``NoUsableCheckpoint``) instead of starting over on top of them. A full disk while
+writing removes the temporary folder and raises one ``DiskFullError``; the previous checkpoint is
+untouched.
 
 Everything ``.pt`` holds tensors and plain containers only, and is read with
 ``torch.load(weights_only=True)``: nothing is unpickled. A folder is written as ``.tmp-step-*`` and
@@ -27,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from ..pretrained import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_file
+from ..pretrained import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_file, torch_load_tensors
+from ..safeio import file_checksums, guard_write, save_safetensors, sha256_file, torch_save
 from .distributed import DistInfo, barrier
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,10 @@ _STEP_RE = re.compile(r"^step-(\d+)$")
 
 class CheckpointError(ValueError):
     """A checkpoint folder that is incomplete, truncated or does not fit this run."""
+
+
+class NoUsableCheckpoint(CheckpointError):
+    """Every checkpoint of a run folder is damaged: resuming would start over on top of them."""
 
 
 def rank_file(rank: int) -> str:
@@ -75,6 +85,7 @@ def save_checkpoint(
     meta: dict[str, Any],
     tokenizer: Any = None,
     keep_last: int = 3,
+    write_shards: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write one checkpoint atomically; collective (every rank calls it).
 
@@ -89,40 +100,59 @@ def save_checkpoint(
         meta: extra trainer.json fields (tokens seen, ...).
         tokenizer: saved with ``tokenizer.save(folder)`` when given.
         keep_last: checkpoints kept after this one is written.
+        write_shards: called on every rank with the temporary folder (sharded FSDP states via
+            ``train/dcp.py``); then ``model_state``/``optimizer_state`` may be None.
 
     Returns:
         The checkpoint folder.
     """
     final = checkpoint_path(run_dir, step)
     tmp = final.with_name(f".tmp-{final.name}")
+    previous = next((p.name for p in list_checkpoints(run_dir) if p != final), None)
+    hint = (
+        f"{previous} is intact: free some space, then resume with --resume auto"
+        if previous
+        else "free some space and run again"
+    )
+    with guard_write(final, tmp, hint=hint):
+        if info.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        barrier(info)
+        torch_save(rank_state, tmp / rank_file(info.rank))
+        if write_shards is not None:
+            write_shards(tmp)
+        barrier(info)
+        if info.is_main:
+            assert write_shards or model_state is not None, "rank 0 writes the model"
+            if model_state is not None:
+                save_safetensors(
+                    {k: v.contiguous() for k, v in model_state.items()},
+                    tmp / WEIGHTS_NAME,
+                    metadata={"format": "pt"},
+                )
+            if optimizer_state is not None:
+                torch_save(optimizer_state, tmp / OPTIMIZER_NAME)
+            (tmp / CONFIG_NAME).write_text(json.dumps({"format": "blankfill", **config}, indent=2))
+            if tokenizer is not None:
+                tokenizer.save(tmp)
+            files = {
+                str(p.relative_to(tmp)): p.stat().st_size
+                for p in sorted(tmp.rglob("*"))
+                if p.is_file()
+            }
+            trainer = {
+                "format_version": FORMAT_VERSION,
+                "step": step,
+                "world_size": info.world_size,
+                **meta,
+                "files": files,
+                "sha256": file_checksums(tmp),
+            }
+            (tmp / TRAINER_NAME).write_text(json.dumps(trainer, indent=2))
+            _fsync_dir(tmp)
     if info.is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    barrier(info)
-    torch.save(rank_state, tmp / rank_file(info.rank))
-    barrier(info)
-    if info.is_main:
-        assert model_state is not None and optimizer_state is not None, "rank 0 writes the model"
-        save_file(
-            {k: v.contiguous() for k, v in model_state.items()},
-            str(tmp / WEIGHTS_NAME),
-            metadata={"format": "pt"},
-        )
-        torch.save(optimizer_state, tmp / OPTIMIZER_NAME)
-        (tmp / CONFIG_NAME).write_text(json.dumps({"format": "blankfill", **config}, indent=2))
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        trainer = {
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "world_size": info.world_size,
-            **meta,
-            "files": files,
-        }
-        (tmp / TRAINER_NAME).write_text(json.dumps(trainer, indent=2))
-        _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -158,16 +188,25 @@ def prune(run_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_trainer_json(ckpt: Path) -> dict[str, Any]:
-    """``trainer.json`` after checking that every file it lists is present with its size."""
+def read_trainer_json(ckpt: Path, verify: bool = True, model_only: bool = False) -> dict[str, Any]:
+    """``trainer.json`` after checking that every file it lists is present with its size and
+    (``verify``; checkpoints written before checksums were recorded have none) its sha256.
+    ``model_only``: check only what a model folder needs (not the optimizer and rank states)."""
     path = ckpt / TRAINER_NAME
     if not path.is_file():
-        raise CheckpointError(f"{ckpt}: incomplete (no {TRAINER_NAME})")
+        hint = "; it is a run folder: use --resume auto" if (ckpt / CHECKPOINTS).is_dir() else ""
+        raise CheckpointError(f"{ckpt}: incomplete (no {TRAINER_NAME}){hint}")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+    def wanted(name: str) -> bool:
+        return not model_only or not name.endswith(".pt")
+
     for name, size in meta.get("files", {}).items():
+        if not wanted(name):
+            continue
         f = ckpt / name
         if not f.is_file():
             raise CheckpointError(f"{ckpt}: missing {name}")
@@ -175,14 +214,54 @@ def read_trainer_json(ckpt: Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{ckpt}: {name} has {f.stat().st_size} bytes, expected {size} (truncated?)"
             )
+    if verify:
+        for name, digest in meta.get("sha256", {}).items():
+            if wanted(name) and sha256_file(ckpt / name) != digest:
+                raise CheckpointError(
+                    f"{ckpt}: {name} does not match its recorded sha256 (damaged on disk?)"
+                )
     return meta
 
 
+def newest_good_checkpoint(run_dir: str | Path) -> Path:
+    """The newest checkpoint of a run folder whose model files verify (sizes and sha256);
+    damaged ones are skipped with a warning.
+
+    Raises:
+        CheckpointError: the run folder has no checkpoint that verifies.
+    """
+    damaged = []
+    for ckpt in list_checkpoints(run_dir):
+        try:
+            read_trainer_json(ckpt, model_only=True)
+            return ckpt
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s: %s", ckpt.name, e)
+            damaged.append(ckpt.name)
+    found = f" ({', '.join(damaged)} damaged)" if damaged else ""
+    raise CheckpointError(
+        f"{run_dir} has no usable checkpoint{found}; train it with `blankfill pretrain` or "
+        "pass a model folder"
+    )
+
+
+def model_folder(path: str | Path) -> Path:
+    """``path`` itself, or for a pretraining run folder (one holding ``checkpoints/``) its newest
+    good checkpoint (logged), so that ``--model RUN`` works where a model folder is expected."""
+    path = Path(path)
+    if (path / CHECKPOINTS).is_dir() and not (path / WEIGHTS_NAME).exists():
+        ckpt = newest_good_checkpoint(path)
+        log.info("%s is a run folder: using its newest checkpoint %s", path, ckpt.name)
+        return ckpt
+    return path
+
+
 def _torch_load(path: Path) -> Any:
+    """Tensors and plain containers only; a pickle that needs code is refused in one line."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt pickle / zip: one clear message
-        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+        return torch_load_tensors(path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,6 +341,10 @@ def load_checkpoint(ckpt: str | Path, info: DistInfo) -> dict[str, Any]:
     """Read and verify a checkpoint: ``{"meta", "model", "optimizer", "rank"}`` for this rank."""
     ckpt = Path(ckpt)
     meta = read_trainer_json(ckpt)
+    if meta.get("format") == "dcp":  # sharded (train/dcp.py): any world size, loaded after
+        own = ckpt / rank_file(info.rank)  # wrapping; a rank the checkpoint lacks takes rank 0's
+        return {"meta": meta, "dcp": ckpt, "rank": _torch_load(own if own.is_file() else
+                                                               ckpt / rank_file(0))}  # fmt: skip
     if meta.get("world_size", 1) != info.world_size:
         raise CheckpointError(
             f"{ckpt} was written by {meta.get('world_size')} process(es), this run has "
@@ -271,19 +354,22 @@ def load_checkpoint(ckpt: str | Path, info: DistInfo) -> dict[str, Any]:
         model = load_state_dict_file(ckpt / WEIGHTS_NAME)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
-    return {
-        "meta": meta,
-        "model": model,
-        "optimizer": _torch_load(ckpt / OPTIMIZER_NAME),
-        "rank": _torch_load(ckpt / rank_file(info.rank)),
-    }
+    return {"meta": meta, "model": model, "optimizer": _torch_load(ckpt / OPTIMIZER_NAME),
+            "rank": _torch_load(ckpt / rank_file(info.rank))}  # fmt: skip
 
 
 def load_latest(
     run_dir: str | Path, info: DistInfo, warn: Callable[[str], None] | None = None
 ) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that verifies and loads; broken ones are skipped with a warning."""
+    """The newest checkpoint that verifies and loads; broken ones are skipped with a warning.
+
+    Returns None when the run has no checkpoint folder at all (a fresh start).
+
+    Raises:
+        NoUsableCheckpoint: there are checkpoints and none of them loads.
+    """
     warn = warn or log.warning
+    damaged: list[str] = []
     for ckpt in list_checkpoints(run_dir):
         try:
             return ckpt, load_checkpoint(ckpt, info)
@@ -291,19 +377,19 @@ def load_latest(
             if "process(es)" in str(e):
                 raise
             warn(f"skipping checkpoint {ckpt.name}: {e}")
+            damaged.append(ckpt.name)
+    if damaged:
+        root = Path(run_dir) / CHECKPOINTS
+        raise NoUsableCheckpoint(
+            f"no usable checkpoint in {root}: {', '.join(damaged)} "
+            f"{'is' if len(damaged) == 1 else 'are all'} damaged (see the warnings above); "
+            f"to start over, move {root} and {Path(run_dir) / 'metrics.jsonl'} away or set "
+            "train.out_dir to a new folder"
+        )
     return None
 
 
-__all__ = [
-    "CheckpointError",
-    "checkpoint_path",
-    "list_checkpoints",
-    "load_checkpoint",
-    "load_latest",
-    "prune",
-    "read_trainer_json",
-    "save_checkpoint",
-    "full_model_state",
-    "full_optimizer_state",
-    "load_optimizer_state",
-]
+__all__ = ["CheckpointError", "NoUsableCheckpoint", "checkpoint_path", "full_model_state",
+           "full_optimizer_state", "list_checkpoints", "load_checkpoint", "load_latest",
+           "load_optimizer_state", "model_folder", "newest_good_checkpoint", "prune",
+           "read_trainer_json", "save_checkpoint"]  # fmt: skip

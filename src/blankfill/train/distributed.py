@@ -26,6 +26,12 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun: a process group (and wrapper) even for one
+
+    @property
+    def wrapped(self) -> bool:
+        """Whether the model gets a DDP/FSDP wrapper (several processes, or torchrun's one)."""
+        return self.distributed or self.launched
 
     @property
     def is_main(self) -> bool:
@@ -43,6 +49,7 @@ def env_dist_info() -> DistInfo:
             rank=int(os.environ.get("RANK", "0")),
             world_size=int(os.environ.get("WORLD_SIZE", "1")),
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            launched="TORCHELASTIC_RUN_ID" in os.environ,
         )
     except ValueError as e:
         raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({e})") from None
@@ -51,7 +58,7 @@ def env_dist_info() -> DistInfo:
 def init_distributed(cfg: DistConfig, device: torch.device) -> DistInfo:
     """Read the torchrun environment and, with several processes, join the process group."""
     info = env_dist_info()
-    if info.distributed and not dist.is_initialized():
+    if info.wrapped and not dist.is_initialized():
         backend = cfg.backend
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
@@ -67,7 +74,7 @@ def init_distributed(cfg: DistConfig, device: torch.device) -> DistInfo:
 
 
 def teardown(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
+    if info.wrapped and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -104,7 +111,7 @@ def wrap_model(
     Both wrappers average gradients over ranks; the loop scales its loss by ``world_size`` so the
     result is the gradient of the global token-averaged loss.
     """
-    if not info.distributed:
+    if not info.wrapped:
         return module
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -125,8 +132,8 @@ def no_grad_sync(model: nn.Module, strategy: str, info: DistInfo, sync: bool):
     """A context in which backward does (``sync``) or does not all-reduce gradients."""
     import contextlib
 
-    if not info.distributed or sync:
-        if info.distributed and strategy == "fsdp":
+    if not info.wrapped or sync:
+        if info.wrapped and strategy == "fsdp":
             model.set_requires_gradient_sync(True)
         return contextlib.nullcontext()
     if strategy == "ddp":

@@ -1,168 +1,329 @@
-"""The pretraining loop: setup -> (lr -> micro-steps -> clip -> step -> log -> eval/ckpt) -> done.
+"""The pretraining loop, in named stages: set-up/resume -> (train_step -> metrics -> eval/save)*.
 
 The loop receives its model and data as arguments (tests inject small ones). ``data`` is an
 iterable of ``Batch`` with ``state_dict()`` / ``load_state_dict()`` (the data-loader position);
 everything resumable (model, optimizer, step, data position, RNG states) is checkpointed together.
 
-Loss (spec §3.3 notes, style §3.4): the sum of target-token cross-entropies over every micro-batch
-of every rank, divided by the global count of target tokens, so that varying Part-B lengths weigh
-tokens, not samples. Logits are computed only on target rows (``model.logits(h[mask])``).
+Stages (style §3.4): ``setup`` (resume or ``train.init_from``, then the ``Engine``: placement,
+DDP/FSDP2, precision, checkpointing, compile), ``train_step`` (``lr_at(step)`` -> micro-steps ->
+clip -> guarded step, all on the device), ``flush_metrics`` (the one host read-back, every
+``min(log.every, train.max_bad_steps)`` steps and before every evaluation or checkpoint: each
+step's row goes to the sink, the guard counts non-finite steps), ``evaluate_and_save``.
+
+The learning-rate schedule is fixed when a run starts (``optim.decay_steps``, else the first
+``train.max_steps``) and saved in every checkpoint; a resumed run with a larger
+``train.max_steps`` keeps it (the LR stays at its floor after the schedule ends) unless
+``optim.decay_steps`` is set explicitly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..config import RunConfig, to_dict
-from ..data.batch import OBJECTIVES, Batch
+from ..data.batch import Batch
 from ..model import GLM
 from ..pretrained import load_weights
+from ..progress import progress_bar
+from ..safeio import RunLock
 from . import checkpoint as ckpt_io
-from .distributed import DistInfo, all_reduce_max, all_reduce_sum, no_grad_sync, wrap_model
+from . import dcp as dcp_io
+from .distributed import DistInfo, all_reduce_sum
+from .engine import Engine
 from .metrics import MetricSink, NullSink, default_sinks, peak_flops, train_flops
-from .optim import build_optimizer, lr_at, set_lr
+from .objective import N_OBJ, TargetLogits, evaluate, loss_sums, summarize, to_device
+from .optim import lr_at
+from .report import Pending, log_line, take
+from .resume import StopFlag, find_resume, init_from, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
-N_OBJ = len(OBJECTIVES)
-
 
 class TrainingDiverged(ValueError):
-    """Too many consecutive non-finite steps; the last good state was checkpointed."""
-
-
-class TargetLogits(nn.Module):
-    """The GLM with the pretraining head: logits of the target rows only, [N, V]."""
-
-    def __init__(self, glm: GLM) -> None:
-        super().__init__()
-        self.glm = glm
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        h = self.glm.hidden(
-            batch.input_ids, batch.position_ids, batch.context_len, batch.attention_mask
-        )  # [B, T, D]
-        return self.glm.logits(h[batch.loss_mask > 0])  # [N, V]
-
-
-def loss_sums(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed target cross-entropy (with grad) and detached stats.
-
-    Args:
-        logits: [N, V] for the N target rows of ``batch``.
-        batch: the micro-batch.
-
-    Returns:
-        ``(ce_sum, stats)``: ``ce_sum`` a scalar; ``stats`` float64 [2 + 2 * objectives]:
-        ce sum, target count, per-objective ce sums, per-objective counts.
-    """
-    target = batch.loss_mask > 0  # [B, T]
-    weight = batch.loss_mask[target].float()  # [N]
-    ce = F.cross_entropy(logits.float(), batch.labels[target], reduction="none") * weight  # [N]
-    obj = batch.objective[target].clamp(0, N_OBJ - 1)  # [N]
-    stats = torch.zeros(2 + 2 * N_OBJ, dtype=torch.float64, device=logits.device)
-    stats[0] = ce.detach().sum()
-    stats[1] = weight.sum()
-    stats[2 : 2 + N_OBJ].index_add_(0, obj, ce.detach().double())
-    stats[2 + N_OBJ :].index_add_(0, obj, weight.double())
-    return ce.sum(), stats
-
-
-def summarize(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
-    """``{loss, loss/MASK, ...}`` from summed stats (objectives with no targets are omitted)."""
-    s = stats.tolist()
-    out = {f"{prefix}loss": s[0] / max(s[1], 1.0)}
-    for i, name in enumerate(OBJECTIVES):
-        if s[2 + N_OBJ + i] > 0:
-            out[f"{prefix}loss/{name}"] = s[2 + i] / s[2 + N_OBJ + i]
-    return out
-
-
-def autocast_for(precision: str, device: torch.device):
-    """bf16 autocast where it runs natively (CUDA with bf16 support) or when asked; else fp32."""
-    use_bf16 = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    if use_bf16:
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, batches: Iterable[Batch], device: torch.device, info: DistInfo, autocast=None
-) -> dict[str, float]:
-    """Token-averaged held-out loss (and per objective) of a ``TargetLogits`` over ``batches``."""
-    autocast = autocast or contextlib.nullcontext
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(2 + 2 * N_OBJ, dtype=torch.float64, device=device)
-    for batch in batches:
-        batch = batch.to(device)
-        with autocast():
-            logits = model(batch)
-        total += loss_sums(logits, batch)[1]
-    model.train(was_training)
-    return summarize(all_reduce_sum(total, info))
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it after each step, saves and returns."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.stop:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.stop = True
-        log.warning("received %s: saving a checkpoint, then stopping", signal.Signals(signum).name)
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    """Too many consecutive non-finite steps; the last finite weights were checkpointed."""
 
 
 @dataclass
 class TrainResult:
     step: int  # optimizer steps taken
-    status: str  # "done" | "interrupted" | "out of time" | "dry-run"
-    checkpoint: Path | None  # the last checkpoint written
+    status: str  # "done" | "interrupted" | "out of time" | "dry-run" | "already finished"
+    checkpoint: Path | None  # the last checkpoint written (or resumed from)
     metrics: dict[str, float]  # the last step's metrics
+    signal: int | None = None  # the signal that stopped the run ("interrupted")
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+@dataclass
+class Run:
+    """What the stages share: config, engine, data, counters, sinks."""
+
+    cfg: RunConfig
+    model: GLM
+    engine: Engine
+    data: Iterable[Batch]
+    batches: Iterator[Batch]
+    info: DistInfo
+    tokenizer: Any
+    sink: MetricSink
+    bar: Any
+    show_bar: bool
+    peak: float
+    step: int = 0
+    tokens_seen: int = 0
+    schedule_steps: int = 0  # the LR schedule's length (decay_steps or the first max_steps)
+    bad_steps: int = 0  # consecutive non-finite steps
+    resumed_from: Path | None = None
+    last_ckpt: Path | None = None  # written by this run
+    last_good: Path | None = None  # newest checkpoint known to hold finite weights
+    deadline: float = math.inf
+    pending: list[Pending] = field(default_factory=list)
+    interval_start: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    lock: RunLock | None = None  # held until the run closes: "RUN is in use by process N"
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
+# --------------------------------------------------------------------------------------------
+# Stage 1: set-up and resume
+# --------------------------------------------------------------------------------------------
+
+
+def setup(
+    cfg: RunConfig,
+    model: GLM,
+    data: Iterable[Batch],
+    *,
+    info: DistInfo,
+    device: torch.device,
+    tokenizer: Any,
+    resume: str | None,
+    sink: MetricSink | None,
+    show_bar: bool,
+    dry_run: bool,
+) -> Run:
+    """Resume (or ``train.init_from``), build the engine, restore optimizer and RNG states."""
+    tc, run_dir = cfg.train, Path(cfg.train.out_dir)
+    lock = RunLock(run_dir) if info.is_main and not dry_run else None
+    if info.is_main and not dry_run:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    found = find_resume(run_dir, resume, info)  # weights go in before wrapping, the rest after
+    loaded = found[1] if found else None
+    if loaded is not None and "model" in loaded:  # a sharded (DCP) one loads after wrapping
+        load_weights(model, loaded["model"], source=str(found[0] / "model.safetensors"))
+    if loaded is not None:
+        if "loader" in loaded["rank"] and hasattr(data, "load_state_dict"):
+            data.load_state_dict(loaded["rank"]["loader"])  # type: ignore[attr-defined]
+        log.info("resumed from %s (step %d)", found[0], loaded["meta"]["step"])
+    else:
+        if tc.init_from:
+            init_from(tc.init_from, model, tokenizer)
+        torch.manual_seed(tc.seed + info.rank)  # dropout streams differ per rank
+    engine = Engine(TargetLogits(model), list(model.transformer.layers), cfg.optim, info=info,
+                    device=device, strategy=cfg.dist.strategy, precision=tc.precision,
+                    compile=tc.compile, activation_checkpointing=tc.activation_checkpointing,
+                    clip_grad=cfg.optim.clip_grad)  # fmt: skip
+    start = loaded["meta"]["step"] if loaded is not None else 0
+    run = Run(cfg=cfg, model=model, engine=engine, data=data, batches=iter(data), info=info,
+              tokenizer=tokenizer, show_bar=show_bar, peak=peak_flops(device, cfg.log.peak_flops),
+              sink=sink or (default_sinks(run_dir, cfg.log.tensorboard, start_step=start)
+                            if info.is_main else NullSink()), lock=lock,
+              bar=None, schedule_steps=cfg.optim.decay_steps or tc.max_steps)  # fmt: skip
+    if loaded is not None:
+        meta = loaded["meta"]
+        if "dcp" in loaded:
+            dcp_io.load_sharded(loaded["dcp"], engine.module, engine.optimizer)
+        else:
+            ckpt_io.load_optimizer_state(engine.module, engine.optimizer, loaded["optimizer"],
+                                         engine.sharded)  # fmt: skip
+        set_rng_state(loaded["rank"]["rng"], device)
+        run.step, run.tokens_seen = meta["step"], meta.get("tokens_seen", 0)
+        run.resumed_from = run.last_good = found[0]
+        saved = meta.get("schedule_steps")
+        if saved and not cfg.optim.decay_steps:
+            run.schedule_steps = saved
+            if saved != tc.max_steps:
+                log.info("keeping the LR schedule of %d steps (train.max_steps is now %d); set "
+                         "optim.decay_steps to re-plan it", saved, tc.max_steps)  # fmt: skip
+    run.bar = progress_bar(tc.max_steps, initial=run.step, disable=not show_bar, desc="pretrain",
+                           unit="step")  # fmt: skip
+    run.deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
+    run.interval_start = time.perf_counter()
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: one optimizer step (no host sync)
+# --------------------------------------------------------------------------------------------
+
+
+def _pretrain_loss(module: torch.nn.Module, item: tuple[Batch, torch.Tensor]):
+    batch, index = item
+    return loss_sums(module(batch, index), batch, index)
+
+
+def _target_count(item: tuple[Batch, torch.Tensor]) -> torch.Tensor:
+    return item[0].loss_mask.sum()
+
+
+def train_step(run: Run) -> Pending:
+    """Take ``train.grad_accum`` micro-batches and make one optimizer step on them."""
+    cfg, device = run.cfg, run.device
+    lr = lr_at(run.step, cfg.optim, run.schedule_steps)
+    host = [next(run.batches) for _ in range(cfg.train.grad_accum)]
+    micro = [to_device(b, device) for b in host]
+    result = run.engine.step(micro, _pretrain_loss, _target_count, lr)
+    run.step += 1
+    run.bar.update(1)
+    flops = sum(train_flops(cfg.model, b.input_ids.numel(), b.input_ids.shape[1], 0) for b in host)
+    pending = Pending(step=run.step, lr=lr, result=result, samples=torch.cat(
+        [b.sample_index.flatten() for b in host]), tokens=sum(b.input_ids.numel() for b in host),
+        flops=flops)  # fmt: skip
+    run.pending.append(pending)
+    return pending
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 3: metrics (the one host read-back), the guard, evaluation, checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def flush_metrics(run: Run, stop: bool = False) -> bool:
+    """Read the pending steps back (one sync), log a row per step; returns the agreed stop."""
+    if not run.pending:
+        return stop
+    cfg, info, pending = run.cfg, run.info, run.pending
+    host = torch.tensor([sum(p.tokens for p in pending), sum(p.flops for p in pending),
+                         float(stop)], dtype=torch.float64, device=run.device)  # fmt: skip
+    all_reduce_sum(host, info)
+    rows = torch.stack(
+        [
+            torch.cat(
+                [
+                    p.result.stats,
+                    p.result.count.view(1),
+                    p.result.grad_norm.double().view(1),
+                    p.result.finite.double().view(1),
+                ]
+            )
+            for p in pending
+        ]
+    )
+    values, (tokens, flops, stops) = rows.cpu(), host.tolist()  # fmt: skip
+    seconds = max(time.perf_counter() - run.interval_start, 1e-9)
+    head = train_flops(cfg.model, 0, 1, int(values[:, 2 + 2 * N_OBJ].sum()))  # output layer
+    rates = {"tokens_per_s": tokens / seconds}
+    if run.peak:
+        rates["mfu"] = (flops + head) / seconds / (run.peak * info.world_size)
+    for p, v in zip(pending, values, strict=True):
+        finite = bool(v[-1])
+        run.bad_steps = 0 if finite else run.bad_steps + 1
+        metrics = {**summarize(v[: 2 + 2 * N_OBJ]), "lr": p.lr, "grad_norm": float(v[-2]),
+                   **rates, "skipped": float(not finite)}  # fmt: skip
+        if not finite:
+            log.warning("step %d: non-finite loss %s / grad norm %s; skipped (rank %d samples %s)",
+                        p.step - 1, metrics["loss"], metrics["grad_norm"], info.rank,
+                        p.samples.tolist()[:32])  # fmt: skip
+        run.sink.log(p.step, metrics)
+        if p.step % cfg.log.every == 0 or p.step == cfg.train.max_steps:
+            line = log_line(p.step, cfg.train.max_steps, metrics)
+            run.bar.write(line) if run.show_bar else log.info(line)
+        run.metrics = metrics
+    run.tokens_seen += int(tokens)
+    run.bar.set_postfix(loss=f"{run.metrics['loss']:.3f}", tok_s=f"{rates['tokens_per_s']:.0f}")
+    run.pending, run.interval_start = [], time.perf_counter()
+    return stops > 0
+
+
+def save(run: Run) -> Path | None:
+    """Checkpoint everything resumable; None (and a warning) if the weights are not finite."""
+    if not run.engine.weights_finite():
+        log.error("step %d: the weights are not finite; not saving them", run.step)
+        return None
+    rank_state: dict[str, Any] = {"rng": rng_state(run.device)}
+    if hasattr(run.data, "state_dict"):
+        rank_state["loader"] = run.data.state_dict()  # type: ignore[attr-defined]
+    engine, tc, dc = run.engine, run.cfg.train, run.cfg.dist
+    meta = {"tokens_seen": run.tokens_seen, "schedule_steps": run.schedule_steps}
+    sharded = dcp_io.use_sharded(dc.checkpoint, dc.strategy, run.info)
+    states = dcp_io.save_states(engine.module, engine.optimizer, engine.sharded, sharded)
+    meta.update({"format": dcp_io.FORMAT} if sharded else {})
+    path = ckpt_io.save_checkpoint(tc.out_dir, run.step, info=run.info, rank_state=rank_state,
+                                   config=to_dict(run.cfg), meta=meta, tokenizer=run.tokenizer,
+                                   keep_last=tc.keep_last, **states)  # fmt: skip
+    run.last_ckpt = run.last_good = path
+    return path
+
+
+def _check_guard(run: Run, dry_run: bool) -> None:
+    if run.bad_steps < run.cfg.train.max_bad_steps:
+        return
+    path = None if dry_run else save(run)  # skipped steps leave the weights as they were
+    if path is not None:
+        where = f"the last finite weights are saved in {path}"
+    else:
+        where = "the weights are not finite, so nothing was saved" + (
+            f"; the newest checkpoint with finite weights is {run.last_good}"
+            if run.last_good else "")  # fmt: skip
+    _close(run)
+    raise TrainingDiverged(
+        f"{run.bad_steps} consecutive non-finite steps (last at step {run.step}); {where}. "
+        "Lower optim.lr, check the data, or use train.precision=fp32"
+    )
+
+
+def _evaluate(run: Run, valid: Callable[[], Iterable[Batch]]) -> None:
+    tc = run.cfg.train
+    ev = evaluate(run.engine.wrapped, take(valid(), tc.eval_batches), run.device, run.info,
+                  run.engine.autocast)  # fmt: skip
+    ev = {f"valid/{k}": v for k, v in ev.items()}
+    run.sink.log(run.step, ev)
+    run.bar.write(log_line(run.step, tc.max_steps, ev)) if run.show_bar else log.info(ev)
+
+
+def after_step(run: Run, flag: StopFlag, valid, dry_run: bool) -> str | None:
+    """Flush metrics, evaluate and save when due; a status string when the loop must stop.
+
+    Every rank flushes at the same steps (a function of the step only), so the collective calls
+    inside match; one process also flushes as soon as it is signalled or out of time."""
+    tc, step = run.cfg.train, run.step
+    out_of_time = time.monotonic() > run.deadline
+    local_stop = flag.stop or out_of_time
+    save_due = bool(tc.save_every and step % tc.save_every == 0) or step == tc.max_steps
+    eval_due = valid is not None and tc.eval_every and step % tc.eval_every == 0
+    sync_every = min(run.cfg.log.every, tc.max_bad_steps)
+    due = step % sync_every == 0 or save_due or eval_due or dry_run
+    stop = False
+    if due or (local_stop and not run.info.distributed):
+        stop = flush_metrics(run, local_stop)
+        _check_guard(run, dry_run)
+    if dry_run:
+        return "dry-run"
+    if eval_due:
+        _evaluate(run, valid)
+    if stop or save_due:
+        save(run)
+    if stop:
+        return "out of time" if out_of_time and not flag.stop else "interrupted"
+    return None
+
+
+def _close(run: Run) -> None:
+    run.bar.close()
+    run.sink.close()
+    if run.lock is not None:
+        run.lock.release()
 
 
 def train(
@@ -189,7 +350,8 @@ def train(
         device: where to train.
         valid: builds a fresh held-out iterable for each evaluation (``cfg.train.eval_batches``
             micro-batches are taken from it).
-        tokenizer: saved into every checkpoint when given.
+        tokenizer: saved into every checkpoint when given (and checked against
+            ``train.init_from``'s).
         resume: None (start fresh), ``"auto"`` (newest good checkpoint in the run folder, else
             fresh) or a checkpoint folder.
         sink: where per-step metrics go (default: metrics.jsonl + TensorBoard on rank 0).
@@ -197,182 +359,34 @@ def train(
         dry_run: one step, no checkpoint.
 
     Returns:
-        A ``TrainResult``.
+        A ``TrainResult``; status "already finished" (nothing trained) when the resumed
+        checkpoint is at ``train.max_steps`` already.
 
     Raises:
         TrainingDiverged: after ``cfg.train.max_bad_steps`` consecutive non-finite steps.
     """
     info = info or DistInfo()
-    device = torch.device(device)
-    tc, run_dir = cfg.train, Path(cfg.train.out_dir)
-    sharded = info.distributed and cfg.dist.strategy == "fsdp"
-    if info.is_main and not dry_run:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-
-    # ---- resume: weights go in before wrapping, the rest after -------------------------------
-    step, tokens_seen, loaded = 0, 0, None
-    if resume:
-        found = (
-            ckpt_io.load_latest(run_dir, info)
-            if resume == "auto"
-            else (Path(resume), ckpt_io.load_checkpoint(resume, info))
-        )
-        if found:
-            path, loaded = found
-            load_weights(model, loaded["model"], source=str(path / "model.safetensors"))
-            step, tokens_seen = loaded["meta"]["step"], loaded["meta"].get("tokens_seen", 0)
-            if "loader" in loaded["rank"] and hasattr(data, "load_state_dict"):
-                data.load_state_dict(loaded["rank"]["loader"])  # type: ignore[attr-defined]
-            log.info("resumed from %s (step %d)", path, step)
-        else:
-            log.info("no checkpoint in %s: starting fresh", run_dir / ckpt_io.CHECKPOINTS)
-    if loaded is None:
-        torch.manual_seed(tc.seed + info.rank)  # dropout streams differ per rank
-
-    head = TargetLogits(model.to(device))
-    wrapped = wrap_model(head, list(model.transformer.layers), cfg.dist.strategy, info, device)
-    if tc.compile:
-        wrapped = torch.compile(wrapped)
-    optimizer = build_optimizer(head, cfg.optim)
-    if loaded is not None:
-        ckpt_io.load_optimizer_state(head, optimizer, loaded["optimizer"], sharded)
-        _set_rng_state(loaded["rank"]["rng"], device)
-        del loaded
-    params = [p for p in head.parameters() if p.requires_grad]
-    autocast = autocast_for(tc.precision, device)
-    sink = sink or (default_sinks(run_dir, cfg.log.tensorboard) if info.is_main else NullSink())
-    show_bar = (cfg.log.progress if progress is None else progress) and info.is_main
-    peak = peak_flops(device, cfg.log.peak_flops)
-    last_ckpt: Path | None = None
-    metrics: dict[str, float] = {}
+    show_bar = bool(cfg.log.progress if progress is None else progress) and info.is_main
+    run = setup(cfg, model, data, info=info, device=torch.device(device), tokenizer=tokenizer,
+                resume=resume, sink=sink, show_bar=show_bar, dry_run=dry_run)  # fmt: skip
+    if run.resumed_from is not None and run.step >= cfg.train.max_steps:
+        _close(run)
+        return TrainResult(step=run.step, status="already finished",
+                           checkpoint=run.resumed_from, metrics={})  # fmt: skip
     status = "done"
-
-    def save() -> Path:
-        rank_state: dict[str, Any] = {"rng": _rng_state(device)}
-        if hasattr(data, "state_dict"):
-            rank_state["loader"] = data.state_dict()
-        return ckpt_io.save_checkpoint(
-            run_dir,
-            step,
-            info=info,
-            model_state=_strip(ckpt_io.full_model_state(head, sharded)),
-            optimizer_state=ckpt_io.full_optimizer_state(head, optimizer, sharded),
-            rank_state=rank_state,
-            config=to_dict(cfg),
-            meta={"tokens_seen": tokens_seen},
-            tokenizer=tokenizer,
-            keep_last=tc.keep_last,
-        )
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not show_bar, dynamic_ncols=True)
-    batches = iter(data)
-    bad_steps = 0
-    deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
-    wrapped.train()
-    with _StopFlag() as flag:
-        while step < tc.max_steps:
-            t0 = time.perf_counter()
-            lr = lr_at(step, cfg.optim, tc.max_steps)
-            set_lr(optimizer, lr)
-            micro = [next(batches).to(device) for _ in range(tc.grad_accum)]
-            count = torch.tensor([float(b.loss_mask.sum()) for b in micro], dtype=torch.float64)
-            global_count = float(all_reduce_sum(count.sum().to(device), info).item())
-            scale = info.world_size / max(global_count, 1.0)  # wrappers average over ranks
-            stats = torch.zeros(2 + 2 * N_OBJ, dtype=torch.float64, device=device)
-            for i, batch in enumerate(micro):
-                with no_grad_sync(wrapped, cfg.dist.strategy, info, sync=i == len(micro) - 1):
-                    with autocast():
-                        ce_sum, s = loss_sums(wrapped(batch), batch)
-                    (ce_sum * scale).backward()
-                stats += s
-            all_reduce_sum(stats, info)
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad or math.inf)
-            if hasattr(gnorm, "full_tensor"):
-                gnorm = gnorm.full_tensor()
-            gnorm_f = float(gnorm)
-            metrics = {**summarize(stats), "lr": lr, "grad_norm": gnorm_f}
-            if math.isfinite(metrics["loss"]) and math.isfinite(gnorm_f):
-                optimizer.step()
-                bad_steps = 0
-            else:
-                bad_steps += 1
-                idx = torch.cat([b.sample_index.flatten().cpu() for b in micro]).tolist()
-                log.warning(
-                    "step %d: non-finite loss %s / grad norm %s; skipped (rank %d samples %s)",
-                    step, metrics["loss"], gnorm_f, info.rank, idx[:32],
-                )  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            n_tokens = float(sum(b.input_ids.numel() for b in micro))
-            n_tokens = float(all_reduce_sum(torch.tensor(n_tokens, device=device), info).item())
-            tokens_seen += int(n_tokens)
-            dt = time.perf_counter() - t0
-            metrics["tokens_per_s"] = n_tokens / dt
-            metrics["skipped"] = float(bad_steps > 0)
-            if peak:
-                flops = info.world_size * sum(
-                    train_flops(model.config, b.input_ids.numel(), b.input_ids.shape[1], n)
-                    for b, n in zip(micro, count.tolist(), strict=True)
-                )
-                metrics["mfu"] = flops / dt / (peak * info.world_size)
-            sink.log(step, metrics)
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-            if step % cfg.log.every == 0 or step == tc.max_steps:
-                line = _log_line(step, tc.max_steps, metrics)
-                bar.write(line) if show_bar else log.info(line)
-            if bad_steps >= tc.max_bad_steps:
-                path = save() if not dry_run else None
-                bar.close()
-                sink.close()
-                raise TrainingDiverged(
-                    f"{bad_steps} consecutive non-finite steps (last at step {step}); the last good "
-                    f"state is saved in {path}. Lower optim.lr, check the data, or use "
-                    "train.precision=fp32"
-                )
-            if dry_run:
-                status = "dry-run"
+    run.engine.wrapped.train()
+    with StopFlag() as flag:
+        while run.step < cfg.train.max_steps:
+            train_step(run)
+            stopped = after_step(run, flag, valid, dry_run)
+            if stopped:
+                status = stopped
                 break
-            if valid is not None and tc.eval_every and step % tc.eval_every == 0:
-                ev = evaluate(wrapped, _take(valid(), tc.eval_batches), device, info, autocast)
-                ev = {f"valid/{k}": v for k, v in ev.items()}
-                sink.log(step, ev)
-                bar.write(_log_line(step, tc.max_steps, ev)) if show_bar else log.info(ev)
-            out_of_time = time.monotonic() > deadline
-            stop = torch.tensor(float(flag.stop or out_of_time), device=device)
-            stop = bool(all_reduce_max(stop, info).item())
-            if stop or (tc.save_every and step % tc.save_every == 0) or step == tc.max_steps:
-                last_ckpt = save()
-            if stop:
-                status = "out of time" if out_of_time and not flag.stop else "interrupted"
-                break
-    bar.close()
-    sink.close()
-    return TrainResult(step=step, status=status, checkpoint=last_ckpt, metrics=metrics)
+    _close(run)
+    return TrainResult(step=run.step, status=status, checkpoint=run.last_ckpt,
+                       metrics=run.metrics, signal=flag.signum if status == "interrupted"
+                       else None)  # fmt: skip
 
 
-def _strip(state: dict[str, torch.Tensor], prefix: str = "glm.") -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
-
-
-def _take(it: Iterable[Batch], n: int) -> Iterable[Batch]:
-    for i, b in enumerate(it):
-        if i >= n:
-            return
-        yield b
-
-
-def _log_line(step: int, total: int, m: dict[str, float]) -> str:
-    parts = [f"step {step}/{total}"]
-    for k, v in m.items():
-        if k == "skipped":
-            continue
-        fmt = ".2e" if k == "lr" else (".1%" if k == "mfu" else (".0f" if "per_s" in k else ".4f"))
-        parts.append(f"{k} {v:{fmt}}")
-    return " | ".join(parts)
-
-
-__all__ = ["TargetLogits", "TrainResult", "TrainingDiverged", "evaluate", "loss_sums", "train"]
+__all__ = ["Run", "TargetLogits", "TrainResult", "TrainingDiverged", "after_step", "evaluate",
+           "flush_metrics", "init_from", "loss_sums", "save", "setup", "train", "train_step"]  # fmt: skip

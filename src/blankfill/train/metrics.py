@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from ..config import ModelConfig
+from ..safeio import guard_write
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +48,56 @@ class NullSink:
 
 
 class JsonlSink:
-    """One JSON object per line: ``{"step": N, ...metrics}``; appends across resumes."""
+    """One JSON object per line: ``{"step": N, ...metrics}``; appends across resumes.
 
-    def __init__(self, path: str | Path) -> None:
+    Non-finite values are written as ``null`` (JSON has no NaN). ``start_step``: the step the run
+    (re)starts from; rows logged after it by an earlier, killed process are dropped first, so that
+    every step appears once after a resume. A full disk raises one ``DiskFullError`` naming the file.
+    """
+
+    def __init__(self, path: str | Path, start_step: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if start_step is not None and self.path.is_file():
+            with guard_write(self.path):
+                _drop_rows_after(self.path, start_step)
         self._f = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed in close())
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        self._f.write(json.dumps({"step": step, **metrics}) + "\n")
+        with guard_write(self.path):
+            self._f.write(json.dumps({"step": step, **finite_or_none(metrics)}) + "\n")
 
     def close(self) -> None:
-        self._f.close()
+        with guard_write(self.path):
+            self._f.close()
+
+
+def finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Non-finite floats replaced by None (``null`` in JSON)."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
+    }
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Rewrite ``path`` (atomically) without the rows past ``step`` and any half-written line."""
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += bool(line.strip())
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        log.info("%s: dropped %d row(s) logged after step %d (a run stopped early)", path,
+                 dropped, step)  # fmt: skip
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
 
 
 class TensorBoardSink:
@@ -86,9 +127,11 @@ class MultiSink:
             s.close()
 
 
-def default_sinks(run_dir: Path, tensorboard: bool) -> MetricSink:
-    """``metrics.jsonl`` in the run folder, plus TensorBoard events when installed and wanted."""
-    sinks: list[MetricSink] = [JsonlSink(run_dir / METRICS_NAME)]
+def default_sinks(run_dir: Path, tensorboard: bool, start_step: int | None = None) -> MetricSink:
+    """``metrics.jsonl`` in the run folder, plus TensorBoard events when installed and wanted.
+
+    ``start_step``: see ``JsonlSink``."""
+    sinks: list[MetricSink] = [JsonlSink(run_dir / METRICS_NAME, start_step)]
     if tensorboard:
         try:
             sinks.append(TensorBoardSink(run_dir / "tensorboard"))
@@ -121,12 +164,22 @@ def peak_flops(device: torch.device, configured: float = 0.0) -> float:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """Rows of a metrics.jsonl merged per step; a key logged twice (a resumed run): the last wins."""
+    """Rows of a metrics.jsonl merged per step; a key logged twice (a resumed run): the last wins.
+
+    ``null`` (a non-finite value) is read as NaN. A malformed line (the half-written last line of
+    a killed run) is skipped with a warning naming it.
+    """
     rows: dict[int, dict] = {}
-    for line in Path(path).read_text().splitlines():
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if line.strip():
-            row = json.loads(line)
-            rows.setdefault(row["step"], {}).update(row)
+            try:
+                row = json.loads(line)
+                step = row["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                log.warning("%s:%d: not a metrics row (JSON with a step); skipped", path, n)
+                continue
+            row = {k: math.nan if v is None else v for k, v in row.items()}
+            rows.setdefault(step, {}).update(row)
     return [rows[k] for k in sorted(rows)]
 
 

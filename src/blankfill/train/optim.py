@@ -66,17 +66,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, *, fused: bool | None = None
+) -> torch.optim.AdamW:
     """AdamW over ``param_groups(model, cfg.weight_decay)`` with the config's betas and eps.
 
     The learning rate starts at ``cfg.lr``; the training loop sets each step's value from
-    ``lr_at`` (``set_lr``) before stepping.
+    ``lr_at`` (``set_lr``) before stepping. ``fused=True`` (the engine) uses the fused kernel,
+    which can skip a step on device (``found_inf``).
     """
     groups = param_groups(model, cfg.weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters; nothing to optimise")
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        fused=fused,
     )
 
 

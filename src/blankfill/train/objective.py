@@ -1,0 +1,127 @@
+"""The pretraining objective: logits of the target rows, summed cross-entropy, held-out loss.
+
+Loss (spec §3.3 notes, style §3.4): the sum of target-token cross-entropies over every micro-batch
+of every rank, divided by the global count of target tokens, so that varying Part-B lengths weigh
+tokens, not samples. Logits are computed only on target rows (``model.logits(h[targets])``); the
+row index is computed on the host before the batch moves to the device (``target_index``), so
+selecting the rows does not read a device tensor back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.batch import OBJECTIVES, Batch
+from ..model import GLM
+from .distributed import DistInfo, all_reduce_sum
+
+N_OBJ = len(OBJECTIVES)
+
+
+def target_index(batch: Batch) -> torch.Tensor:
+    """Flat indices [N] of the target tokens of ``batch`` (rows of ``h.flatten(0, 1)``)."""
+    return (batch.loss_mask.flatten() > 0).nonzero().squeeze(1)
+
+
+def to_device(batch: Batch, device: torch.device) -> tuple[Batch, torch.Tensor]:
+    """(the batch, its ``target_index``) on ``device``; to a GPU from pinned memory without
+    waiting for the copy (the index is computed on the host first)."""
+    index = target_index(batch)
+    if device.type != "cuda":
+        return batch.to(device), index.to(device)
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory().to(device, non_blocking=True)
+
+    return Batch(**{k: None if v is None else move(v) for k, v in vars(batch).items()}), move(index)
+
+
+class TargetLogits(nn.Module):
+    """The GLM with the pretraining head: logits of the target rows only, [N, V]."""
+
+    def __init__(self, glm: GLM) -> None:
+        super().__init__()
+        self.glm = glm
+
+    def forward(self, batch: Batch, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [N, V] of the target rows (``index`` from ``target_index``; else computed)."""
+        h = self.glm.hidden(
+            batch.input_ids, batch.position_ids, batch.context_len, batch.attention_mask
+        )  # [B, T, D]
+        index = target_index(batch) if index is None else index
+        return self.glm.logits(h.flatten(0, 1).index_select(0, index))  # [N, V]
+
+
+def loss_sums(
+    logits: torch.Tensor, batch: Batch, index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed target cross-entropy (with grad) and detached stats.
+
+    Args:
+        logits: [N, V] for the N target rows of ``batch``.
+        batch: the micro-batch.
+        index: ``target_index(batch)`` (computed when None).
+
+    Returns:
+        ``(ce_sum, stats)``: ``ce_sum`` a scalar; ``stats`` float64 [2 + 2 * objectives]:
+        ce sum, target count, per-objective ce sums, per-objective counts.
+    """
+    index = target_index(batch) if index is None else index
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t.flatten().index_select(0, index)  # [N]
+
+    weight = rows(batch.loss_mask).float()  # [N]
+    ce = F.cross_entropy(logits.float(), rows(batch.labels), reduction="none") * weight  # [N]
+    obj = rows(batch.objective).clamp(0, N_OBJ - 1)  # [N]
+    stats = torch.zeros(2 + 2 * N_OBJ, dtype=torch.float64, device=logits.device)
+    stats[0] = ce.detach().sum()
+    stats[1] = weight.sum()
+    stats[2 : 2 + N_OBJ].index_add_(0, obj, ce.detach().double())
+    stats[2 + N_OBJ :].index_add_(0, obj, weight.double())
+    return ce.sum(), stats
+
+
+def summarize(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    """``{loss, loss/MASK, ...}`` from summed stats (objectives with no targets are omitted)."""
+    s = stats.tolist()
+    out = {f"{prefix}loss": s[0] / max(s[1], 1.0)}
+    for i, name in enumerate(OBJECTIVES):
+        if s[2 + N_OBJ + i] > 0:
+            out[f"{prefix}loss/{name}"] = s[2 + i] / s[2 + N_OBJ + i]
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, info: DistInfo, autocast=None
+) -> dict[str, float]:
+    """Token-averaged held-out loss (and per objective) of a ``TargetLogits`` over ``batches``."""
+    autocast = autocast or contextlib.nullcontext
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2 + 2 * N_OBJ, dtype=torch.float64, device=device)
+    for batch in batches:
+        index = target_index(batch).to(device)  # on the host: no read-back
+        batch = batch.to(device)
+        with autocast():
+            logits = model(batch, index)
+        total += loss_sums(logits, batch, index)[1]
+    model.train(was_training)
+    return summarize(all_reduce_sum(total, info))
+
+
+__all__ = [
+    "N_OBJ",
+    "TargetLogits",
+    "evaluate",
+    "loss_sums",
+    "summarize",
+    "target_index",
+    "to_device",
+]
