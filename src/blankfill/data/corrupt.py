@@ -75,31 +75,20 @@ def _check_spans(spans: Sequence[Span], n: int) -> tuple[list[Span], list[int]]:
 
 
 def _span_arrays(spans: Sequence[Span], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Valid spans as int64 starts [k], ends [k] and their text order [k] (one vectorised check).
-
-    Any invalid input is handed to ``_check_spans``, which raises the precise error.
-    """
+    """Valid spans as int64 starts [k], ends [k] and their text order [k], in one vectorised
+    check; anything invalid goes to ``_check_spans``, which raises the precise error."""
     try:
         arr = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-        ok = arr.shape[0] == len(spans)
     except (TypeError, ValueError):
-        ok = False
-    if ok:
+        arr = None
+    if arr is not None and arr.shape[0] == len(spans):
         starts, ends = arr[:, 0], arr[:, 1]
-        if (starts[1:] > starts[:-1]).all():  # already in text order (the objectives sort them)
-            text_order = np.arange(len(starts))
-            s_sorted, e_sorted = starts, ends
-        else:
-            text_order = starts.argsort(kind="stable")
-            s_sorted, e_sorted = starts[text_order], ends[text_order]
-        ok = bool(
-            ((starts >= 0) & (starts < ends) & (ends <= n)).all()
-            and (e_sorted[:-1] <= s_sorted[1:]).all()
-        )
-    if not ok:
-        _check_spans(spans, n)
-        raise AssertionError(f"spans {spans!r} failed the fast check only")  # pragma: no cover
-    return starts, ends, text_order
+        text_order = starts.argsort(kind="stable")
+        s, e = starts[text_order], ends[text_order]
+        if ((starts >= 0) & (starts < ends) & (ends <= n)).all() and (e[:-1] <= s[1:]).all():
+            return starts, ends, text_order
+    _check_spans(spans, n)
+    raise AssertionError(f"spans {spans!r} failed the fast check only")  # pragma: no cover
 
 
 def build_blocks(
