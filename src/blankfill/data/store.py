@@ -206,12 +206,14 @@ class _Int64Column:
         self._f.close()
 
 
-def _chunks(docs: Iterable[str], max_chars: int) -> Iterable[list[str]]:
-    chunk: list[str] = []
+def _chunks(docs: Iterable[tuple[int, str]], max_chars: int) -> Iterable[list[tuple[int, str]]]:
+    """(file index, text) pairs in groups of about ``max_chars`` characters, across files: a
+    corpus of one document per file still gives ``encode_batch`` many documents to parallelise."""
+    chunk: list[tuple[int, str]] = []
     size = 0
     for doc in docs:
         chunk.append(doc)
-        size += len(doc)
+        size += len(doc[1])
         if size >= max_chars:
             yield chunk
             chunk, size = [], 0
@@ -263,35 +265,40 @@ def prepare(
         offsets = _Int64Column(tmp / "doc_offsets.bin")
         ends = _Int64Column(tmp / "sentence_ends.bin")
         offsets.write([0])
-        sources = []
+        file_docs, file_tokens = [0] * len(files), [0] * len(files)
         total = 0
+
+        def documents() -> Iterable[tuple[int, str]]:
+            for f, path in enumerate(files):
+                for doc in iter_documents(path, stats, txt_mode=txt_mode, text_field=text_field):
+                    file_docs[f] += 1
+                    yield f, doc
+
+        reported = 0
         with open(tmp / "tokens.bin", "wb") as fout:
-            for path in files:
-                before_docs, before_bytes = stats.documents, stats.bytes
-                file_tokens = 0
-                docs = iter_documents(path, stats, txt_mode=txt_mode, text_field=text_field)
-                for chunk in _chunks(docs, _CHUNK_CHARS):
-                    for ids in tokenizer.encode_batch(chunk):
-                        if not ids:
-                            stats.documents -= 1
-                            stats.empty_skipped += 1
-                            continue
-                        arr = np.asarray(ids, dtype=np.int64)
-                        if arr.max() >= V or arr.min() < 0:
-                            raise ValueError(f"{path}: tokenizer produced ids outside [0, {V})")
-                        ends.write(np.flatnonzero(table[arr]) + total)
-                        fout.write(arr.astype(dtype).tobytes())
-                        total += len(arr)
-                        file_tokens += len(arr)
-                        offsets.write([total])
-                    if progress is not None:
-                        progress(stats.bytes - before_bytes)
-                        before_bytes = stats.bytes
-                sources.append({
-                    "path": str(path),
-                    "documents": stats.documents - before_docs,
-                    "tokens": file_tokens,
-                })  # fmt: skip
+            for chunk in _chunks(documents(), _CHUNK_CHARS):
+                encoded = tokenizer.encode_batch([doc for _, doc in chunk])
+                for (f, _), ids in zip(chunk, encoded, strict=True):
+                    if not ids:
+                        stats.documents -= 1
+                        stats.empty_skipped += 1
+                        file_docs[f] -= 1
+                        continue
+                    arr = np.asarray(ids, dtype=np.int64)
+                    if arr.max() >= V or arr.min() < 0:
+                        raise ValueError(f"{files[f]}: tokenizer produced ids outside [0, {V})")
+                    ends.write(np.flatnonzero(table[arr]) + total)
+                    fout.write(arr.astype(dtype).tobytes())
+                    total += len(arr)
+                    file_tokens[f] += len(arr)
+                    offsets.write([total])
+                if progress is not None:
+                    progress(stats.bytes - reported)
+                    reported = stats.bytes
+        sources = [
+            {"path": str(path), "documents": file_docs[f], "tokens": file_tokens[f]}
+            for f, path in enumerate(files)
+        ]
         if total == 0:
             raise ValueError(
                 f"empty corpus: no non-empty documents in {len(files)} file(s) "
