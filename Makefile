@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 
-.PHONY: install test demo lint clean experiments experiments-smoke
+.PHONY: install test demo lint bench clean experiments experiments-smoke
 
 install: $(STAMP)
 
@@ -27,6 +27,14 @@ test: install
 
 demo: install
 	$(PY) -m blankfill demo
+
+# Every benchmark (JSON lines, peers alternated), then benchmarks/RESULTS.md + results.png.
+# A few minutes on a quiet 2-core machine; BENCH_SCALE=3 (or more) measures longer. The corpus is
+# ../shared/data/corpus (BENCH_CORPUS=DIR overrides; a synthetic one where there is none).
+BENCH_SCALE ?= 1
+bench: install
+	$(PY) -m pip install -q -e ".[bench,plot]"
+	cd benchmarks && BENCH_SCALE=$(BENCH_SCALE) nice -n 10 ../$(PY) run_all.py
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks experiments

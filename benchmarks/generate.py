@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+from common import machine
 
 from blankfill.generate import InfillIds, decoding_layout_, generate
 from blankfill.model import GLM
@@ -82,6 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(json.dumps({"what": "machine", **machine()}), flush=True)
     ours, theirs = build(0)
     g = torch.Generator().manual_seed(0)
     for B in args.batch_sizes:

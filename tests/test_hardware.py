@@ -34,3 +34,26 @@ def test_measured_choice_follows_the_ratio():
 
 def test_matmul_flops_is_positive():
     assert hardware.matmul_flops(torch.float32, n=64, seconds=0.01) > 0
+
+
+def test_info_hardware_shows_the_machine_and_the_choice(capsys):
+    import json
+
+    from blankfill.cli import main
+
+    assert main(["info", "--hardware"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cpu"] == hardware.cpu_model()
+    assert out["device"] == "cpu" or out["device"].startswith("cuda")
+    assert out["precision"]["auto"] in ("fp32", "bf16") and out["precision"]["reason"]
+
+
+def test_info_without_a_model_is_a_one_line_error(capsys):
+    from blankfill.cli import main
+
+    try:
+        rc = main(["info"])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    assert "pass --hardware" in capsys.readouterr().err

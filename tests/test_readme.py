@@ -138,7 +138,9 @@ def test_quick_tour_runs(model_folder, tmp_path, monkeypatch, capsys):
         out = capsys.readouterr().out
         if argv[0] == "fill":
             assert out.count("[") == 1 and "of France is Paris." in out
-        if argv[0] == "info" and "--memory" in argv:
+        if argv[0] == "info" and "--hardware" in argv:
+            assert json.loads(out)["precision"]["auto"] in ("fp32", "bf16")
+        elif argv[0] == "info" and "--memory" in argv:
             assert "FSDP over 8" in out and "total" in out
         elif argv[0] == "info":
             assert json.loads(out)["num_layers"] == 48

@@ -18,11 +18,13 @@ weights load with no renaming. The model knows nothing of devices, DDP or FSDP, 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from .config import ModelConfig
 
@@ -60,6 +62,45 @@ def build_attention_mask(
         return causal.view(1, 1, T, S)
     sep = torch.as_tensor(context_len, device=device).view(-1, 1, 1, 1)  # [B, 1, 1, 1]
     return causal.view(1, 1, T, S) | (k.view(1, 1, 1, S) < sep)  # [B, 1, T, S]
+
+
+def flex_block_mask(
+    context_len: torch.Tensor | int | None,
+    attention_mask: torch.Tensor | None,
+    B: int,
+    T: int,
+    device: torch.device | None = None,
+) -> BlockMask:
+    """The same mask as ``build_attention_mask`` (or an explicit [B, 1, T, T] one, e.g. packed
+    rows) as a FlexAttention ``BlockMask``, built once per batch. Blocks that no query of a tile
+    may see (Part A's view of Part B, other samples of a packed row) are skipped, not computed.
+    """
+    if attention_mask is not None:
+        dense = attention_mask.bool()  # [B or 1, 1, T, T]
+
+        def mask_mod(b, h, q, k):
+            return dense[b if dense.shape[0] > 1 else 0, 0, q, k]
+
+    else:
+        sep = torch.as_tensor(0 if context_len is None else context_len, device=device)
+        sep = sep.view(-1).expand(B)  # [B]
+
+        def mask_mod(b, h, q, k):
+            return (k <= q) | (k < sep[b])
+
+    return create_block_mask(mask_mod, B, None, T, T, device=device)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    """flex_attention compiled once per process (its fused kernels need torch.compile)."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def use_flex(attention: str, device: torch.device, dropout: float, cached: bool) -> bool:
+    """FlexAttention for a full forward on CUDA (SDPA elsewhere): it has no dropout and no
+    incremental-decoding form, so attention dropout in training and KV caches keep SDPA."""
+    return attention == "sdpa" and device.type == "cuda" and dropout == 0.0 and not cached
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +183,7 @@ class SelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | BlockMask | None,
         kv_cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
@@ -153,7 +194,10 @@ class SelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # [B, H, S, Dh]
         S = k.shape[2]
-        if self.eager:
+        if isinstance(mask, BlockMask):  # FlexAttention (chosen in GLM.hidden; CUDA)
+            flex = _compiled_flex_attention() if q.is_cuda else flex_attention
+            out = flex(q, k, v, block_mask=mask)  # [B, H, T, Dh]
+        elif self.eager:
             # The official arithmetic: scores with masked entries replaced by -65504, then softmax.
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # [B, H, T, S]
             if mask is not None:
@@ -335,6 +379,11 @@ class GLM(nn.Module):
             mask = build_attention_mask(context_len, T, S, input_ids.device)
         else:
             mask = None  # fully causal (the hub port's default); built lazily in attention
+        p = self.config.attention_dropout_prob if self.training else 0.0
+        if use_flex(self.config.attention, x.device, p, kv_cache is not None):
+            mask = flex_block_mask(
+                context_len, None if attention_mask is None else mask, B, T, x.device
+            )
         for i, layer in enumerate(self.transformer.layers):
             x = layer(x, mask, kv_cache, i)
         if kv_cache is not None:

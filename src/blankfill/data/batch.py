@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 #: Objective ids used in ``Batch.objective`` (per-objective losses are logged under these names).
@@ -35,12 +36,61 @@ class Batch:
     attention_mask: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
+        """The batch on ``device``; from pinned memory the copies are asynchronous (stream-ordered,
+        so the kernels that read them still see the data)."""
         return Batch(
             **{
-                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                f.name: None
+                if getattr(self, f.name) is None
+                else getattr(self, f.name).to(device, non_blocking=True)
                 for f in fields(self)
             }
         )
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory (``DataLoader(pin_memory=True)`` calls this), so
+        ``to(device, non_blocking=True)`` copies asynchronously."""
+        return Batch(
+            **{
+                f.name: None
+                if getattr(self, f.name) is None
+                else getattr(self, f.name).pin_memory()
+                for f in fields(self)
+            }
+        )
+
+    def to_buffer(self) -> tuple[tuple, np.ndarray]:
+        """The batch as one byte buffer and a small layout (for passing between processes).
+
+        One buffer costs one transfer; seven tensors cost seven shared-memory segments, which
+        took longer than a glm-small GPU step. Inverse: ``Batch.from_buffer``.
+        """
+        layout, parts, offset = [], [], 0
+        for f in fields(self):
+            t = getattr(self, f.name)
+            if t is None:
+                layout.append((f.name, None, None, 0))
+                continue
+            a = np.ascontiguousarray(t.numpy()).reshape(-1).view(np.uint8)
+            layout.append((f.name, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset))
+            pad = -len(a) % 8  # keep every field 8-byte aligned
+            parts += [a, np.zeros(pad, np.uint8)]
+            offset += len(a) + pad
+        return tuple(layout), np.concatenate(parts)
+
+    @staticmethod
+    def from_buffer(layout: tuple, buffer: np.ndarray | torch.Tensor) -> Batch:
+        """The batch of ``to_buffer``, as views of ``buffer`` (uint8; pinned stays pinned)."""
+        buf = torch.as_tensor(buffer)
+        out = {}
+        for name, dtype, shape, offset in layout:
+            if dtype is None:
+                out[name] = None
+                continue
+            dt = getattr(torch, dtype)
+            n = int(np.prod(shape)) * torch.empty(0, dtype=dt).element_size()
+            out[name] = buf[offset : offset + n].view(dt).view(shape)
+        return Batch(**out)
 
     @property
     def num_targets(self) -> int:

@@ -74,6 +74,23 @@ def _check_spans(spans: Sequence[Span], n: int) -> tuple[list[Span], list[int]]:
     return out, text_order
 
 
+def _span_arrays(spans: Sequence[Span], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Valid spans as int64 starts [k], ends [k] and their text order [k], in one vectorised
+    check; anything invalid goes to ``_check_spans``, which raises the precise error."""
+    try:
+        arr = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is not None and arr.shape[0] == len(spans):
+        starts, ends = arr[:, 0], arr[:, 1]
+        text_order = starts.argsort(kind="stable")
+        s, e = starts[text_order], ends[text_order]
+        if ((starts >= 0) & (starts < ends) & (ends <= n)).all() and (e[:-1] <= s[1:]).all():
+            return starts, ends, text_order
+    _check_spans(spans, n)
+    raise AssertionError(f"spans {spans!r} failed the fast check only")  # pragma: no cover
+
+
 def build_blocks(
     tokens: Sequence[int] | np.ndarray,
     spans: Sequence[Span],
@@ -116,14 +133,15 @@ def build_blocks(
     if text.ndim != 1:
         raise ValueError(f"tokens must be 1-D, got shape {text.shape}")
     n = len(text)
-    spans, text_order = _check_spans(spans, n)
+    starts, ends, text_order = _span_arrays(spans, n)
+    k = len(starts)
     if order is None:
         order = text_order
     else:
         order = [int(i) for i in order]
-        if sorted(order) != list(range(len(spans))):
-            raise ValueError(f"order must be a permutation of range({len(spans)}), got {order}")
-    k = len(spans)
+        if sorted(order) != list(range(k)):
+            raise ValueError(f"order must be a permutation of range({k}), got {order}")
+        order = np.asarray(order, dtype=np.int64)
     if sentinel_ids is not None and len(sentinel_ids) < k - 1:
         raise ValueError(
             f"{k} spans need {k - 1} sentinel ids, got {len(sentinel_ids)}; raise corrupt.sentinels"
@@ -132,32 +150,37 @@ def build_blocks(
     opener = np.full(k, sop_id, dtype=np.int64)  # [k] first Part-B input of each span
     if sentinel_ids is not None and k > 1:
         blank[order[1:]] = opener[order[1:]] = np.asarray(sentinel_ids[: k - 1], dtype=np.int64)
-    keep = np.ones(n, dtype=bool)
+    # Part A: drop every span token but the first, which becomes the blank. The running sum of
+    # `step` (+1 at start + 1, -1 at end) is 1 exactly on the dropped text positions.
+    step = np.zeros(n + 1, np.int64)
+    step[starts + 1] += 1
+    step[ends] -= 1
+    keep = step[:n].cumsum() == 0  # [n]
     part_a = text.copy()
-    for i, (start, end) in enumerate(spans):
-        part_a[start] = blank[i]
-        keep[start + 1 : end] = False
+    part_a[starts] = blank
     part_a = part_a[keep]  # [sep]
     sep = len(part_a)
-    a_index = np.cumsum(keep) - 1  # [n] index in Part A of each surviving text position
+    a_index = keep.cumsum() - 1  # [n] index in Part A of each surviving text position
     # Part B, vectorised: span i in `order` occupies [off_i, off_i + m_i] (its [sop] at off_i).
-    S = np.array([spans[i][0] for i in order], dtype=np.int64)  # [k]
-    m = np.array([spans[i][1] - spans[i][0] for i in order], dtype=np.int64)  # [k]
-    off = np.cumsum(m + 1) - (m + 1)  # [k]
-    nb = int((m + 1).sum())
-    src = np.repeat(S - off - 1, m + 1) + np.arange(nb)  # [nb] text index of the input token
-    b_in = text[np.clip(src, 0, n - 1)]
+    S = starts[order]  # [k]
+    m = ends[order] - S  # [k]
+    off = (m + 1).cumsum() - (m + 1)  # [k]
+    nb = int(off[-1] + m[-1] + 1) if k else 0  # sum of (m + 1)
+    src = (S - off - 1).repeat(m + 1) + np.arange(nb)  # [nb] text index of the input token
+    T = sep + nb
+    input_ids = np.empty(T, np.int64)
+    labels = np.empty(T, np.int64)
+    input_ids[:sep] = part_a
+    labels[:sep] = part_a
+    b_in, b_lab = input_ids[sep:], labels[sep:]  # views
+    text.take(src, out=b_in, mode="clip")  # src >= -1; -1 only at an opener, overwritten
     b_in[off] = opener[order]
-    b_lab = text[np.clip(src + 1, 0, n - 1)]
+    text.take(src + 1, out=b_lab, mode="clip")  # src + 1 <= n; n only at an [eop]
     b_lab[off + m] = eop_id
-    input_ids = np.concatenate((part_a, b_in))
-    labels = np.concatenate((part_a, b_lab))
-    T = len(input_ids)
-    b_pos = np.repeat(a_index[S], m + 1) if sentinel_ids is None else np.full(nb, sep)
-    b_blk = np.arange(nb) - np.repeat(off, m + 1) + 1 if block_positions else np.ones(nb)
-    pos = np.concatenate((np.arange(sep), b_pos))
-    blk = np.concatenate((np.zeros(sep, np.int64), b_blk))
-    position_ids = np.stack([pos, blk]).astype(np.int64)
+    position_ids = np.zeros((2, T), np.int64)
+    position_ids[0, :sep] = np.arange(sep)
+    position_ids[0, sep:] = a_index[S].repeat(m + 1) if sentinel_ids is None else sep
+    position_ids[1, sep:] = np.arange(nb) - off.repeat(m + 1) + 1 if block_positions else 1
     loss_mask = np.zeros(T, dtype=np.float32)
     loss_mask[sep:] = 1.0
     return Example(
@@ -238,11 +261,14 @@ def sample_span_lengths(target: int, rng: np.random.Generator, *, pmf: np.ndarra
     mean = float(np.dot(np.arange(1, len(pmf) + 1), pmf))
     out: list[int] = []
     total = 0
+    # Exactly what ``rng.choice(len(pmf), size=need, p=pmf)`` draws, without its checks.
+    cdf = pmf.cumsum()
+    cdf /= cdf[-1]
     while total < target:
         need = int((target - total) / mean) + 4
-        draws = rng.choice(len(pmf), size=need, p=pmf) + 1
-        csum = total + np.cumsum(draws)
-        stop = int(np.searchsorted(csum, target))  # first index with csum >= target
+        draws = cdf.searchsorted(rng.random(need), side="right") + 1
+        csum = total + draws.cumsum()
+        stop = int(csum.searchsorted(target))  # first index with csum >= target
         if stop < need:
             out.extend(draws[: stop + 1].tolist())
             return out

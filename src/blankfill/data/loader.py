@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from ..config import CorruptConfig, DataConfig
 from .batch import Batch
@@ -28,10 +27,13 @@ from .objectives import Corruptor, choose_objective, draw_generation_len
 from .pack import collate_pack, collate_pad
 from .samples import SplitView, epoch_windows, raw_sample
 from .store import TokenStore, special_to_dict
+from .workers import prefetched
 
 #: Documents are assigned to the validation split by this fixed seed (not data.seed), so changing
 #: the data seed never moves documents between splits.
 SPLIT_SEED = 20220317
+#: Batches each worker process keeps ready ahead of the trainer.
+PREFETCH = 4
 
 
 def split_documents(num_documents: int, valid_fraction: float, split: str) -> np.ndarray:
@@ -118,10 +120,10 @@ class PretrainLoader:
 
     def raw(self, g: int) -> tuple[Any, np.random.Generator]:
         """Global sample g before corruption, and its generator (positioned after the draw)."""
-        n = self.samples_per_epoch
+        n, total = self.samples_per_epoch, self.view.num_tokens
         epoch, i = divmod(g, n)
         perm, shift = self._epoch_windows(epoch)
-        anchor = min(int((perm[i] + shift) * self.view.num_tokens / n), self.view.num_tokens - 1)
+        anchor = min(int((perm[i] + shift) * total / n), total - 1)
         rng = np.random.default_rng([self.cfg.seed, epoch, i])
         sample = raw_sample(
             self.view, anchor, rng, seq_len=self.cfg.seq_len, special=self.special,
@@ -166,18 +168,16 @@ class PretrainLoader:
         return (self._step * self.world_size + self.rank) * self.cfg.batch_size
 
     def __iter__(self) -> Iterator[Batch]:
+        """Batches from the next step on. With ``data.num_workers`` > 0 they are made ahead of
+        the trainer (``PREFETCH`` per worker) in worker processes and handed over through shared
+        memory (``data.workers``), pinned when CUDA is available so the copy to the GPU overlaps
+        compute; the batches and their order are the same as without workers."""
         if self.cfg.num_workers == 0:
             while True:
                 batch = self.batch(self._step)
                 self._step += 1
                 yield batch
-        loader = torch.utils.data.DataLoader(
-            _Steps(self, self._step),
-            batch_size=None,
-            num_workers=self.cfg.num_workers,
-            prefetch_factor=2,
-        )
-        for batch in loader:
+        for batch in prefetched(self.batch, self._step, self.cfg.num_workers, PREFETCH):
             self._step += 1
             yield batch
 
@@ -208,18 +208,3 @@ class PretrainLoader:
                 f"world_size * data.batch_size = {per_step}"
             )
         self._step = consumed // per_step
-
-
-class _Steps(torch.utils.data.IterableDataset):
-    """Worker w of k makes steps start + w, start + w + k, ...; the DataLoader yields them in order."""
-
-    def __init__(self, loader: PretrainLoader, start: int) -> None:
-        self.loader, self.start = loader, start
-
-    def __iter__(self) -> Iterator[Batch]:
-        info = torch.utils.data.get_worker_info()
-        w, k = (info.id, info.num_workers) if info is not None else (0, 1)
-        step = self.start + w
-        while True:
-            yield self.loader.batch(step)
-            step += k

@@ -19,10 +19,6 @@ from .batch import Batch
 from .corrupt import Example
 
 
-def _objective_row(ex: Example) -> np.ndarray:
-    return np.where(ex.loss_mask > 0, ex.objective, -1).astype(np.int64)
-
-
 def collate_pad(examples: Sequence[Example], *, pad_to: int | None = None) -> Batch:
     """One sample per row, right-padded with 0 (ids, labels, loss, positions) to the longest.
 
@@ -60,7 +56,7 @@ def _rows_to_batch(
             sl = slice(o, o + len(ex))
             ids[r, sl], labels[r, sl], loss[r, sl] = ex.input_ids, ex.labels, ex.loss_mask
             pos[r, :, sl] = ex.position_ids
-            obj[r, sl] = _objective_row(ex)
+            obj[r, sl][ex.loss_mask > 0] = ex.objective  # only target tokens carry it
             o += len(ex)
     return Batch(
         input_ids=torch.from_numpy(ids),
@@ -103,14 +99,14 @@ def collate_pack(examples: Sequence[Example], *, row_len: int) -> Batch:
     rows = pack_rows([len(e) for e in examples], row_len)
     R, T = len(rows), row_len
     mask = np.zeros((R, 1, T, T), bool)
+    causal = np.tri(T, dtype=bool)  # [T, T]: key k <= query q
     idx = np.arange(T)
     for r, members in enumerate(rows):
         o = 0
         for i in members:
-            n = len(examples[i])
-            sl = slice(o, o + n)
-            q, k = idx[sl, None], idx[None, sl]  # [n, 1], [1, n]
-            mask[r, 0, sl, sl] = (k < o + examples[i].context_len) | (k <= q)
+            n, sep = len(examples[i]), examples[i].context_len
+            mask[r, 0, o : o + n, o : o + n] = causal[:n, :n]  # Part B: causal within the sample
+            mask[r, 0, o : o + n, o : o + sep] = True  # Part A: seen by the whole sample
             o += n
         mask[r, 0, idx[o:], idx[o:]] = True  # padding attends to itself only (no empty rows)
     return _rows_to_batch(examples, rows, T, attention_mask=torch.from_numpy(mask))

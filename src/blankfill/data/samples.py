@@ -50,7 +50,7 @@ class SplitView:
 
     def locate(self, anchor: int) -> tuple[int, int]:
         """(document position in the split, offset inside it) of split token ``anchor``."""
-        d = int(np.searchsorted(self.cum, anchor, side="right")) - 1
+        d = int(self.cum.searchsorted(anchor, side="right")) - 1
         return d, int(anchor - self.cum[d])
 
 
@@ -61,26 +61,36 @@ def epoch_windows(num_tokens: int, seq_len: int, seed: int, epoch: int) -> tuple
     return rng.permutation(n), float(rng.random())
 
 
-def _snap_start(ends: np.ndarray, start: int, limit: int, rng: np.random.Generator) -> int:
-    """Move ``start`` to the nearest sentence start in one random direction (<= limit tokens)."""
+def _snap_start(
+    ends: np.ndarray,
+    start: int,
+    limit: int,
+    rng: np.random.Generator,
+    *,
+    lo: int = 0,
+    n: int | None = None,
+) -> int:
+    """Move ``start`` to the nearest sentence start in one random direction (<= limit tokens).
 
-    def is_start(i: int) -> bool:
-        return i == 0 or bool(ends[i - 1])
-
+    Token i starts a sentence iff i == 0 or token i - 1 ends one. ``ends`` is the sentence-end
+    mask of the document's tokens ``lo .. lo + len(ends) - 1`` (it must cover ``start - limit - 1
+    .. start + limit - 1``); ``n`` is the document length (default ``lo + len(ends)``). The walk
+    visits ``start, start + step, ...`` (at most ``limit`` steps, staying inside ``0 < i < n``)
+    and returns the first sentence start, or ``start`` when there is none.
+    """
+    n = lo + len(ends) if n is None else n
     step = -1 if rng.random() < 0.5 else 1
-    i = start
-    for _ in range(limit):
-        if is_start(i):
-            return i
-        if not 0 < i + step < len(ends):
-            break
-        i += step
-    return i if is_start(i) else start
+    # the walk: i_0 = start, then up to `limit` steps while 0 < i < n
+    steps = min(limit, n - 1 - start if step > 0 else start - 1)
+    idx = start + step * np.arange(max(steps, 0) + 1)  # [steps + 1] absolute positions
+    hit = (idx == 0) | ends[np.maximum(idx - 1 - lo, 0)]  # [steps + 1] starts a sentence
+    first = int(np.argmax(hit))
+    return int(idx[first]) if hit[first] else start
 
 
 def _cut_at_sentence_end(ends: np.ndarray, n: int) -> int:
     """Length to keep of a prefix of ``n`` tokens so that it ends at a sentence end."""
-    hit = np.flatnonzero(ends[:n])
+    hit = ends[:n].nonzero()[0]
     if len(hit) and hit[-1] + 1 >= n // 2:
         return int(hit[-1]) + 1
     return n
@@ -118,17 +128,7 @@ def raw_sample(
     d, offset = view.locate(anchor)
     n_doc = int(view.lengths[d])
     if n_doc + 2 > seq_len:
-        n = seq_len - 1  # tokens after [CLS]; the document's eos counts as its last token
-        s0 = int(view.starts[d])
-        doc_ends = store.sentence_end_mask(s0, s0 + n_doc)
-        start = _snap_start(doc_ends, min(offset, n_doc + 1 - n), seq_len // 2, rng)
-        start = min(start, n_doc + 1 - n)
-        stop = start + n
-        if stop <= n_doc:  # cut inside the document: end at a sentence end
-            stop = start + _cut_at_sentence_end(doc_ends[start:], n)
-            add(d, start, stop, False)
-        else:
-            add(d, start, n_doc, True)
+        return _window_sample(view, d, offset, rng, seq_len=seq_len, cls=cls, eos=eos, index=index)
     else:
         add(d, 0, n_doc, True)
         room = seq_len - n_doc - 2
@@ -149,3 +149,46 @@ def raw_sample(
         sentence_end=np.concatenate(ends),
         index=index,
     )
+
+
+def _window_sample(
+    view: SplitView,
+    d: int,
+    offset: int,
+    rng: np.random.Generator,
+    *,
+    seq_len: int,
+    cls: int,
+    eos: int,
+    index: int,
+) -> RawSample:
+    """``[CLS]`` + a window of ``seq_len - 1`` tokens of a document longer than ``seq_len - 2``.
+
+    Reads only the sentence ends near the window, not the whole document's.
+    """
+    store = view.store
+    n_doc, s0 = int(view.lengths[d]), int(view.starts[d])
+    n = seq_len - 1  # tokens after [CLS]; the document's eos counts as its last token
+    limit = seq_len // 2
+    start = min(offset, n_doc + 1 - n)
+    lo, hi = max(0, start - limit - 1), min(n_doc, start + limit + n)  # all the walk and cut read
+    ends = store.sentence_end_mask(s0 + lo, s0 + hi)  # [hi - lo]
+    start = min(_snap_start(ends, start, limit, rng, lo=lo, n=n_doc), n_doc + 1 - n)
+    stop = start + n
+    with_eos = stop > n_doc
+    if with_eos:
+        stop = n_doc
+    else:  # cut inside the document: end at a sentence end
+        stop = start + _cut_at_sentence_end(ends[start - lo :], n)
+    m = stop - start
+    L = 1 + m + with_eos
+    tokens = np.empty(L, np.int64)
+    tokens[0] = cls
+    tokens[1 : 1 + m] = store.tokens[s0 + start : s0 + stop]
+    if with_eos:
+        tokens[-1] = eos
+    loss_mask = np.ones(L, np.float32)
+    loss_mask[0] = 0.0
+    sentence_end = np.zeros(L, bool)
+    sentence_end[1 : 1 + m] = ends[start - lo : stop - lo]
+    return RawSample(tokens=tokens, loss_mask=loss_mask, sentence_end=sentence_end, index=index)

@@ -105,16 +105,20 @@ class TokenStore:
     @property
     def tokens(self) -> np.ndarray:
         if self._tokens is None:
-            self._tokens = np.memmap(
+            # a plain ndarray view of the mapping: slicing a np.memmap costs microseconds of
+            # Python per call (subclass bookkeeping), paid several times per sample
+            self._tokens = np.asarray(np.memmap(
                 self.path / "tokens.bin", dtype=self.manifest["dtype"], mode="r",
                 shape=(self.num_tokens,),
-            )  # fmt: skip
+            ))  # fmt: skip
         return self._tokens
 
     @property
     def sentence_ends(self) -> np.ndarray:
         if self._sentence_ends is None:
-            self._sentence_ends = np.load(self.path / "sentence_ends.npy", mmap_mode="r")
+            self._sentence_ends = np.asarray(
+                np.load(self.path / "sentence_ends.npy", mmap_mode="r")
+            )  # a plain view, as ``tokens``
         return self._sentence_ends
 
     @property
@@ -173,12 +177,43 @@ class TokenStore:
         )
 
 
-def _chunks(docs: Iterable[str], max_chars: int) -> Iterable[list[str]]:
-    chunk: list[str] = []
+class _Int64Column:
+    """An int64 column appended to a raw file, then saved as ``.npy``: memory stays bounded by a
+    chunk, whatever the corpus size (sentence ends and document offsets of a 5 GB corpus do not
+    fit comfortably in memory as Python lists)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.count = path, 0
+        self._f = open(path, "wb")
+
+    def write(self, values: np.ndarray | list[int]) -> None:
+        a = np.asarray(values, dtype=np.int64)
+        self._f.write(a.tobytes())
+        self.count += len(a)
+
+    def save(self, npy: Path, block: int = 1 << 22) -> None:
+        """Write ``npy`` (the column, in blocks) and remove the raw file."""
+        self._f.close()
+        raw = np.memmap(self.path, dtype=np.int64, mode="r", shape=(self.count,))
+        out = np.lib.format.open_memmap(npy, mode="w+", dtype=np.int64, shape=(self.count,))
+        for i in range(0, self.count, block):
+            out[i : i + block] = raw[i : i + block]
+        out.flush()
+        del out, raw
+        self.path.unlink()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _chunks(docs: Iterable[tuple[int, str]], max_chars: int) -> Iterable[list[tuple[int, str]]]:
+    """(file index, text) pairs in groups of about ``max_chars`` characters, across files: a
+    corpus of one document per file still gives ``encode_batch`` many documents to parallelise."""
+    chunk: list[tuple[int, str]] = []
     size = 0
     for doc in docs:
         chunk.append(doc)
-        size += len(doc)
+        size += len(doc[1])
         if size >= max_chars:
             yield chunk
             chunk, size = [], 0
@@ -227,49 +262,57 @@ def prepare(
     tmp.mkdir()
     with guard_write(out, tmp):
         stats = ReadStats()
-        offsets, ends, sources = [0], [], []
+        offsets = _Int64Column(tmp / "doc_offsets.bin")
+        ends = _Int64Column(tmp / "sentence_ends.bin")
+        offsets.write([0])
+        file_docs, file_tokens = [0] * len(files), [0] * len(files)
         total = 0
+
+        def documents() -> Iterable[tuple[int, str]]:
+            for f, path in enumerate(files):
+                for doc in iter_documents(path, stats, txt_mode=txt_mode, text_field=text_field):
+                    file_docs[f] += 1
+                    yield f, doc
+
+        reported = 0
         with open(tmp / "tokens.bin", "wb") as fout:
-            for path in files:
-                before_docs, before_bytes = stats.documents, stats.bytes
-                file_tokens = 0
-                docs = iter_documents(path, stats, txt_mode=txt_mode, text_field=text_field)
-                for chunk in _chunks(docs, _CHUNK_CHARS):
-                    for ids in tokenizer.encode_batch(chunk):
-                        if not ids:
-                            stats.documents -= 1
-                            stats.empty_skipped += 1
-                            continue
-                        arr = np.asarray(ids, dtype=np.int64)
-                        if arr.max() >= V or arr.min() < 0:
-                            raise ValueError(f"{path}: tokenizer produced ids outside [0, {V})")
-                        ends.append(np.flatnonzero(table[arr]) + total)
-                        fout.write(arr.astype(dtype).tobytes())
-                        total += len(arr)
-                        file_tokens += len(arr)
-                        offsets.append(total)
-                    if progress is not None:
-                        progress(stats.bytes - before_bytes)
-                        before_bytes = stats.bytes
-                sources.append({
-                    "path": str(path),
-                    "documents": stats.documents - before_docs,
-                    "tokens": file_tokens,
-                })  # fmt: skip
+            for chunk in _chunks(documents(), _CHUNK_CHARS):
+                encoded = tokenizer.encode_batch([doc for _, doc in chunk])
+                for (f, _), ids in zip(chunk, encoded, strict=True):
+                    if not ids:
+                        stats.documents -= 1
+                        stats.empty_skipped += 1
+                        file_docs[f] -= 1
+                        continue
+                    arr = np.asarray(ids, dtype=np.int64)
+                    if arr.max() >= V or arr.min() < 0:
+                        raise ValueError(f"{files[f]}: tokenizer produced ids outside [0, {V})")
+                    ends.write(np.flatnonzero(table[arr]) + total)
+                    fout.write(arr.astype(dtype).tobytes())
+                    total += len(arr)
+                    file_tokens[f] += len(arr)
+                    offsets.write([total])
+                if progress is not None:
+                    progress(stats.bytes - reported)
+                    reported = stats.bytes
+        sources = [
+            {"path": str(path), "documents": file_docs[f], "tokens": file_tokens[f]}
+            for f, path in enumerate(files)
+        ]
         if total == 0:
             raise ValueError(
                 f"empty corpus: no non-empty documents in {len(files)} file(s) "
                 f"({stats.empty_skipped} empty documents skipped)"
             )
-        np.save(tmp / "doc_offsets.npy", np.asarray(offsets, dtype=np.int64))
-        np.save(tmp / "sentence_ends.npy", np.concatenate(ends).astype(np.int64))
+        offsets.save(tmp / "doc_offsets.npy")
+        ends.save(tmp / "sentence_ends.npy")
         tokenizer.save(tmp / "tokenizer")
         manifest = {
             "format": FORMAT,
             "dtype": np.dtype(dtype).name,
             "num_tokens": total,
-            "num_documents": len(offsets) - 1,
-            "num_sentence_ends": int(sum(len(e) for e in ends)),
+            "num_documents": offsets.count - 1,
+            "num_sentence_ends": ends.count,
             "vocab_size": V,
             "special": special,
             "tokenizer_fingerprint": str(tokenizer.fingerprint()),
