@@ -9,6 +9,7 @@ numpy's ``OSError``). Which one ran is printed in the test report (``-rA`` shows
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,10 @@ import torch
 
 from blankfill import cli
 from blankfill.config import RunConfig, from_dict, to_dict
+from blankfill.model import GLM
+from blankfill.pretrained import save_pretrained
 from blankfill.testing import tiny_config
+from blankfill.tokenizer import load_tokenizer
 
 TEXTS = [
     "The cat sat on the mat. Why is the sky blue? It rains; the ground is wet. "
@@ -66,6 +70,11 @@ def run_cli(capsys):
         return rc, out, err
 
     return run
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def error_line(err: str) -> str:
@@ -139,6 +148,15 @@ class SmallDisk:
             for p in self.path.rglob(".*")
             if p.name not in (".filler", ".lock")
         )
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, store) -> Path:
+    """A tiny random model folder with the store's tokenizer."""
+    tok = load_tokenizer(store / "tokenizer")
+    path = tmp_path_factory.mktemp("model") / "m"
+    save_pretrained(GLM(tiny_config(vocab_size=tok.padded_vocab_size)), path, tok)
+    return path
 
 
 @pytest.fixture

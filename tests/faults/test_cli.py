@@ -4,36 +4,18 @@ length explained (17), and the option audit (11): bounds, options a task would i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import pytest
 
 from blankfill.config import RunConfig, load_config
 from blankfill.model import GLM
-from blankfill.pretrained import save_pretrained
-from blankfill.testing import tiny_config
 from blankfill.tokenizer import load_tokenizer, train_tokenizer
 from blankfill.train import checkpoint as ck
 
-from .conftest import error_line
+from .conftest import error_line, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "pretrain" / "tiny.toml"
 CB_ROW = {"premise": "It rains.", "hypothesis": "The ground is wet", "label": "entailment"}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, store) -> Path:
-    tok = load_tokenizer(store / "tokenizer")
-    path = tmp_path_factory.mktemp("model") / "m"
-    save_pretrained(GLM(tiny_config(vocab_size=tok.padded_vocab_size)), path, tok)
-    return path
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_dry_run_reports_step_time_and_eta(store, tmp_path, run_cli):
@@ -86,7 +68,7 @@ def test_existing_outputs_need_overwrite_and_the_bar_has_a_total(model_dir, tmp_
     assert run_cli("convert", "--from", model_dir, "--to", tmp_path / "conv", "--overwrite")[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conv"]  # no temporary folder left
 
-    data = _jsonl(tmp_path / "cb.jsonl", [CB_ROW] * 4)
+    data = write_jsonl(tmp_path / "cb.jsonl", [CB_ROW] * 4)
     args = ("finetune", "--task", "cb", "--train", data, "--valid", data, "--model", model_dir,
             "--out", tmp_path / "ft", "--finetune.epochs=2", "--finetune.batch_size=2")  # fmt: skip
     rc, _, err = run_cli(*args)
@@ -110,7 +92,7 @@ def test_inspect_explains_the_length(store, run_cli):
 
 
 def test_option_audit(store, model_dir, tmp_path, run_cli):
-    data = _jsonl(tmp_path / "cb.jsonl", [CB_ROW] * 2)
+    data = write_jsonl(tmp_path / "cb.jsonl", [CB_ROW] * 2)
     (tmp_path / "latin1.jsonl").write_bytes(
         b'{"text": "fine words here"}\n{"text": "caf\xe9 ok"}\n'
     )

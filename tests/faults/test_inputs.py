@@ -5,7 +5,6 @@ evaluation data (7), folders left by a killed prepare (12), file modes (18), pro
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import stat
 import subprocess
@@ -18,9 +17,9 @@ from blankfill.model import GLM
 from blankfill.pretrained import save_pretrained
 from blankfill.progress import LogProgress
 from blankfill.testing import tiny_config
-from blankfill.tokenizer import load_tokenizer, train_tokenizer
+from blankfill.tokenizer import train_tokenizer
 
-from .conftest import error_line
+from .conftest import error_line, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "pretrain" / "tiny.toml"
@@ -51,26 +50,13 @@ def test_pretrain_with_another_tokenizer_is_refused(tmp_path, store, run_cli):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, store) -> Path:
-    tok = load_tokenizer(store / "tokenizer")
-    path = tmp_path_factory.mktemp("model") / "m"
-    save_pretrained(GLM(tiny_config(vocab_size=tok.padded_vocab_size)), path, tok)
-    return path
-
-
-def _cb(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 CB_ROW = {"premise": "It rains.", "hypothesis": "The ground is wet", "label": "entailment"}
 
 
 def test_empty_or_unlabelled_evaluation_data(tmp_path, model_dir, run_cli):
-    train = _cb(tmp_path / "train.jsonl", [CB_ROW] * 4)
-    empty = _cb(tmp_path / "empty.jsonl", [])
-    unlabelled = _cb(
+    train = write_jsonl(tmp_path / "train.jsonl", [CB_ROW] * 4)
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    unlabelled = write_jsonl(
         tmp_path / "test.jsonl", [CB_ROW, {k: CB_ROW[k] for k in CB_ROW if k != "label"}]
     )
     rc, _, err = run_cli("finetune", "--task", "cb", "--train", train, "--valid", empty,
