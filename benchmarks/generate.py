@@ -7,11 +7,16 @@ size: tokens/s (median wall clock) and the speed ratio ours / HF, the median ove
 pairs of wall-clock time and of process CPU time (the latter ignores time lost to other processes).
 
     python benchmarks/generate.py [--batch-sizes 1 8] [--prompt-len 128] [--new-tokens 64]
+        [--precisions fp32 bf16 int8]
+
+Each decoding precision (``blankfill.quantize``) is its own peer; the fp32 one is the headline
+figure. ``fills_equal_fp32`` counts the greedy fills identical to the fp32 model's.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -22,6 +27,7 @@ from common import machine
 from blankfill.generate import InfillIds, decoding_layout_, generate
 from blankfill.model import GLM
 from blankfill.presets import preset
+from blankfill.quantize import PRECISIONS, decoding_precision_
 
 PAD, SOP, EOP, GMASK = 0, 1, 2, 3
 IDS = InfillIds(blanks=(GMASK,), sop=SOP, eop=EOP, pad=PAD)
@@ -53,9 +59,13 @@ def build(seed: int) -> tuple[GLM, torch.nn.Module]:
     return ours, theirs
 
 
+def fills_of(model: GLM, prompts: torch.Tensor, new_tokens: int) -> list[tuple[int, ...]]:
+    rows = generate(model, prompts, ids=IDS, max_new_tokens=new_tokens, min_length=new_tokens)
+    return [f.token_ids for row in rows for f in row]
+
+
 def run_ours(model: GLM, prompts: torch.Tensor, new_tokens: int) -> int:
-    fills = generate(model, prompts, ids=IDS, max_new_tokens=new_tokens, min_length=new_tokens)
-    return sum(len(f.token_ids) for row in fills for f in row)
+    return sum(map(len, fills_of(model, prompts, new_tokens)))
 
 
 @torch.inference_mode()
@@ -78,21 +88,31 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     # One thread: on a shared 2-core box extra threads only contend and the numbers swing 2x.
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(json.dumps({"what": "machine", **machine()}), flush=True)
-    ours, theirs = build(0)
+    fp32, theirs = build(0)
+    ours = {p: decoding_precision_(copy.deepcopy(fp32), p) for p in args.precisions}
     g = torch.Generator().manual_seed(0)
     for B in args.batch_sizes:
         prompts = torch.randint(8, 8192, (B, args.prompt_len), generator=g)
         prompts[:, -1] = GMASK  # one long blank at the end: left-to-right generation
-        wall: dict[str, list[float]] = {"blankfill": [], "hf": []}
-        cpu: dict[str, list[float]] = {"blankfill": [], "hf": []}
-        run_ours(ours, prompts, 4), run_hf(theirs, prompts, 4)  # warm-up
-        impls = [("blankfill", run_ours, ours), ("hf", run_hf, theirs)]
+        names = [f"blankfill_{p}" for p in args.precisions]
+        wall: dict[str, list[float]] = {k: [] for k in [*names, "hf"]}
+        cpu: dict[str, list[float]] = {k: [] for k in [*names, "hf"]}
+        impls = [(f"blankfill_{p}", run_ours, m) for p, m in ours.items()]
+        impls.append(("hf", run_hf, theirs))
+        for _, fn, model in impls:
+            fn(model, prompts, 4)  # warm-up
+        reference = fills_of(fp32, prompts, args.new_tokens)
+        equal = {
+            p: sum(map(tuple.__eq__, reference, fills_of(m, prompts, args.new_tokens)))
+            for p, m in ours.items()
+        }
         for rep in range(args.repeats):
             for name, fn, model in impls if rep % 2 == 0 else impls[::-1]:  # alternate the order
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -105,22 +125,26 @@ def main() -> None:
                 record |= {"cpu_seconds": round(dc, 4), "tokens_per_s": round(n / dt, 1)}
                 print(json.dumps(record), flush=True)
         tps = {k: B * args.new_tokens / statistics.median(v) for k, v in wall.items()}
-        # Each repeat runs both back to back, so a pair shares the machine's load at that moment;
-        # CPU time (one thread) counts only the work done, not time lost to other processes.
-        wall_pairs = [h / o for o, h in zip(wall["blankfill"], wall["hf"], strict=True)]
-        cpu_pairs = [h / o for o, h in zip(cpu["blankfill"], cpu["hf"], strict=True)]
-        summary = {
-            "summary": True,
-            "batch": B,
-            "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens,
-            "threads": torch.get_num_threads(),
-            "blankfill_tokens_per_s": round(tps["blankfill"], 1),
-            "hf_tokens_per_s": round(tps["hf"], 1),
-            "ratio_wall": round(statistics.median(wall_pairs), 3),
-            "ratio_cpu": round(statistics.median(cpu_pairs), 3),
-        }
-        print(json.dumps(summary), flush=True)
+        for p in args.precisions:
+            o = f"blankfill_{p}"
+            # Each repeat runs all peers back to back, so a pair shares the machine's load at that
+            # moment; CPU time (one thread) counts only the work done, not time lost to others.
+            wall_pairs = [h / t for t, h in zip(wall[o], wall["hf"], strict=True)]
+            cpu_pairs = [h / t for t, h in zip(cpu[o], cpu["hf"], strict=True)]
+            summary = {
+                "summary": True,
+                "batch": B,
+                "precision": p,
+                "prompt_len": args.prompt_len,
+                "new_tokens": args.new_tokens,
+                "threads": torch.get_num_threads(),
+                "blankfill_tokens_per_s": round(tps[o], 1),
+                "hf_tokens_per_s": round(tps["hf"], 1),
+                "ratio_wall": round(statistics.median(wall_pairs), 3),
+                "ratio_cpu": round(statistics.median(cpu_pairs), 3),
+                "fills_equal_fp32": f"{equal[p]}/{len(reference)}",
+            }
+            print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -192,3 +192,15 @@ def test_streamer_writes_what_fill_joins(tok, mark):
         assert out.getvalue().startswith("the cat [] on the [") and "[" not in plain
     else:
         assert out.getvalue() == plain + "\n"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_filler_in_a_lower_precision_fills_every_blank(model, tok, precision):
+    import copy
+
+    filler = BlankFiller(copy.deepcopy(model), tok, precision=precision)
+    assert filler.model.word_embeddings.weight.dtype == torch.bfloat16
+    got = filler.fill("the [MASK] sat on the [MASK].", max_new_tokens=4)
+    assert len(got.fills) == 2 and all(len(f.token_ids) <= 4 for f in got.fills)
+    with pytest.raises(ValueError, match="precision"):
+        BlankFiller(copy.deepcopy(model), tok, precision="fp8")

@@ -339,3 +339,53 @@ def test_wide_beam_search_is_exhaustive(model):
             length_penalty=penalty,
         )[0:1]
         assert list(f.token_ids) == best, penalty
+
+
+def test_int8_linear_is_close_to_the_float_linear():
+    from blankfill.quantize import INT8_MAX_ROWS, Int8Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    q = Int8Linear(lin)
+    assert q.qweight.dtype == torch.int8 and q.scale.shape == (96,)
+    for rows in (1, 3, INT8_MAX_ROWS + 5):  # the int8 kernel, and the bf16 many-row path
+        x = torch.randn(2, rows, 64)
+        want, got = lin(x), q(x).float()
+        assert got.shape == want.shape
+        err = (got - want).abs().max() / want.abs().max()
+        assert err < 0.02, (rows, float(err))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_decoding_precision_keeps_logits_close_and_cache_consistent(model, precision):
+    import copy
+
+    from blankfill.quantize import decoding_precision_
+
+    low = decoding_precision_(copy.deepcopy(model), precision)
+    assert low.word_embeddings.weight.dtype == torch.bfloat16
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        want = model(ids, context_len=ids.shape[1])
+        full = low(ids, context_len=ids.shape[1]).float()
+        # Incremental: one token at a time through the cache (the int8 kernel path).
+        cache = low.new_kv_cache()
+        steps = [
+            low(ids[:, :4], context_len=4, kv_cache=cache).float()[:, -1],
+            *(low(ids[:, t : t + 1], kv_cache=cache).float()[:, -1] for t in range(4, 9)),
+        ]
+    scale = want.abs().max()
+    assert (full - want).abs().max() / scale < 0.05
+    # Causal from position 4 on: the cached steps see what the full causal-from-4 forward sees.
+    with torch.no_grad():
+        ref = low(ids, context_len=4).float()[0, 3:]
+    assert (torch.cat(steps) - ref).abs().max() / scale < 0.05
+    got = generate(low, PROMPTS, ids=IDS, max_new_tokens=5)
+    assert [len(r) for r in got] == [2, 1, 1]
+
+
+def test_decoding_precision_rejects_an_unknown_one(model):
+    from blankfill.quantize import decoding_precision_
+
+    with pytest.raises(ValueError, match="fp32, bf16, int8"):
+        decoding_precision_(model, "fp16")

@@ -20,6 +20,7 @@ from .config import DecodingConfig
 from .folder import check_compatible
 from .generate import Fill, InfillIds, decoding_config, decoding_layout_, generate
 from .model import GLM
+from .quantize import DecodingPrecision, decoding_precision_
 from .tokenizer import ROLE_TEXT, Tokenizer
 
 
@@ -147,11 +148,19 @@ def fill(
 
 
 class BlankFiller:
-    """A model and its tokenizer, checked to belong together: ``BlankFiller(m, t).fill(text)``."""
+    """A model and its tokenizer, checked to belong together: ``BlankFiller(m, t).fill(text)``.
 
-    def __init__(self, model: GLM, tokenizer: Tokenizer) -> None:
+    ``precision`` converts the model in place for decoding (``blankfill.quantize``): "fp32" (the
+    default), "bf16" or "int8" (weight-only); the last two are faster on some CPUs and can change
+    fills.
+    """
+
+    def __init__(
+        self, model: GLM, tokenizer: Tokenizer, *, precision: DecodingPrecision = "fp32"
+    ) -> None:
         check_compatible(model, tokenizer)
-        self.model, self.tokenizer = decoding_layout_(model.eval()), tokenizer
+        model = decoding_precision_(decoding_layout_(model.eval()), precision)
+        self.model, self.tokenizer = model, tokenizer
 
     @classmethod
     def from_pretrained(cls, path: str | Path, tokenizer: str | Path | None = None) -> BlankFiller:
