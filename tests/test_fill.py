@@ -204,3 +204,10 @@ def test_filler_in_a_lower_precision_fills_every_blank(model, tok, precision):
     assert len(got.fills) == 2 and all(len(f.token_ids) <= 4 for f in got.fills)
     with pytest.raises(ValueError, match="precision"):
         BlankFiller(copy.deepcopy(model), tok, precision="fp8")
+
+
+def test_cli_fills_in_int8(model_dir, capsys):
+    argv = ["fill", "--model", str(model_dir), "the [MASK] sat.", "--max-new-tokens", "3"]
+    code, out, _ = _cli([*argv, "--precision", "int8", "--json"], capsys)
+    assert code == 0
+    assert len(json.loads(out)["fills"]) == 1

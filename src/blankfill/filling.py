@@ -163,11 +163,17 @@ class BlankFiller:
         self.model, self.tokenizer = model, tokenizer
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, tokenizer: str | Path | None = None) -> BlankFiller:
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        tokenizer: str | Path | None = None,
+        *,
+        precision: DecodingPrecision = "fp32",
+    ) -> BlankFiller:
         """Load a model folder (``save_pretrained``) and its tokenizer (or the one at ``tokenizer``)."""
         from .folder import load_model_and_tokenizer
 
-        return cls(*load_model_and_tokenizer(path, tokenizer))
+        return cls(*load_model_and_tokenizer(path, tokenizer), precision=precision)
 
     def fill(self, text: str | Sequence[str], decoding: DecodingConfig | None = None, **kw: Any):
         """``blankfill.fill`` with this model and tokenizer."""

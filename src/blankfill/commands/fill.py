@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import DecodingConfig, load_config
 from ..filling import BlankFiller, Streamer, build_prompt
+from ..quantize import PRECISIONS
 from . import add_aliases, overrides
 
 HELP = "fill the blanks ([MASK] [sMASK] [gMASK]) of prompts with a model"
@@ -39,6 +40,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="prompts per batch (1: stream)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt")
     p.add_argument("--mark", action="store_true", help="show each fill between [ and ]")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="decoding precision: fp32 (default), bf16 or weight-only int8 (faster on some CPUs; "
+        "can change fills)",
+    )
     add_aliases(p.add_argument_group("decoding (aliases)"), "decoding", ALIASES)
 
 
@@ -65,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size must be >= 1")
     if args.file and args.text is not None:
         raise ValueError("give a prompt or --file, not both (the prompt would be ignored)")
-    filler = BlankFiller.from_pretrained(args.model, args.tokenizer)
+    filler = BlankFiller.from_pretrained(args.model, args.tokenizer, precision=args.precision)
     stream = args.batch_size == 1 and not args.json
     mark = ("[", "]") if args.mark else ("", "")
     batch: list[str] = []
