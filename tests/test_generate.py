@@ -389,3 +389,14 @@ def test_decoding_precision_rejects_an_unknown_one(model):
 
     with pytest.raises(ValueError, match="fp32, bf16, int8"):
         decoding_precision_(model, "fp16")
+
+
+def test_auto_decoding_precision_needs_native_bf16():
+    from blankfill.hardware import choose_decoding_precision
+
+    cpu = torch.device("cpu")
+    none = choose_decoding_precision(cpu, flags=frozenset({"avx2"}))
+    assert none.precision == "fp32" and "no native bf16" in none.reason
+    has = choose_decoding_precision(cpu, measure=False, flags=frozenset({"avx512_bf16"}))
+    assert has.precision == "int8" and "avx512_bf16" in has.reason
+    assert choose_decoding_precision(torch.device("meta")).precision == "fp32"

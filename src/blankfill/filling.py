@@ -151,8 +151,8 @@ class BlankFiller:
     """A model and its tokenizer, checked to belong together: ``BlankFiller(m, t).fill(text)``.
 
     ``precision`` converts the model in place for decoding (``blankfill.quantize``): "fp32" (the
-    default), "bf16" or "int8" (weight-only); the last two are faster on some CPUs and can change
-    fills.
+    default), "bf16", "int8" (weight-only) or "auto" (int8 where it measures faster, else fp32);
+    all but fp32 are faster on some CPUs and can change fills.
     """
 
     def __init__(

@@ -129,3 +129,53 @@ def choose_precision(
     if ratio >= CPU_BF16_MIN_SPEEDUP:
         return PrecisionChoice("bf16", measured)
     return PrecisionChoice("fp32", f"{measured}, below the {CPU_BF16_MIN_SPEEDUP}x needed")
+
+
+def _int8_decode_speedup(rows: int = 1, seconds: float = 0.2) -> float:
+    """How many times faster a decoding-step matmul (``rows`` x 512 by 2048 x 512, weights
+    rotated through 16 MB so they come from memory, as in a real step) runs with int8 weights
+    and bf16 activations than in fp32."""
+    import torch.nn.functional as F
+
+    ws = [torch.randn(2048, 512) * 0.02 for _ in range(8)]
+    qs = [(w * 127 / w.abs().amax()).round().to(torch.int8) for w in ws]
+    scale = torch.full((2048,), 1.0, dtype=torch.bfloat16)
+    x, xb = torch.randn(rows, 512), torch.randn(rows, 512).to(torch.bfloat16)
+
+    def best(fn) -> float:
+        fn()  # warm-up
+        out, deadline = float("inf"), time.perf_counter() + seconds / 2
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            fn()
+            out = min(out, time.perf_counter() - t0)
+        return out
+
+    fp32 = best(lambda: [F.linear(x, w) for w in ws])
+    int8 = best(lambda: [torch._weight_int8pack_mm(xb, q, scale) for q in qs])
+    return fp32 / int8
+
+
+def choose_decoding_precision(
+    device: torch.device, *, measure: bool = True, flags: frozenset[str] | None = None
+) -> PrecisionChoice:
+    """The precision ``decoding precision = "auto"`` resolves to (``blankfill.quantize``).
+
+    int8 (weight-only, bf16 activations) on a CPU with native bf16 where, when ``measure``, a
+    decoding-step matmul runs at least ``CPU_BF16_MIN_SPEEDUP`` times faster than fp32 (~0.2 s);
+    fp32 everywhere else (CUDA included: the int8 kernel used is the CPU one). ``flags`` replaces
+    the CPU's own flags (for tests). int8 can change fills: ``auto`` is opt-in, never a default.
+    """
+    if device.type != "cpu":
+        return PrecisionChoice("fp32", f"int8 decoding is measured on CPU only, not {device.type}")
+    flags = cpu_flags() if flags is None else flags
+    native = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    if not native:
+        return PrecisionChoice("fp32", f"CPU {cpu_model()!r} has no native bf16 (amx/avx512_bf16)")
+    if not measure:
+        return PrecisionChoice("int8", f"CPU has {', '.join(native)} (not measured)")
+    ratio = _int8_decode_speedup()
+    measured = f"CPU has {', '.join(native)}; int8 decoding matmul {ratio:.2f}x fp32"
+    if ratio >= CPU_BF16_MIN_SPEEDUP:
+        return PrecisionChoice("int8", measured)
+    return PrecisionChoice("fp32", f"{measured}, below the {CPU_BF16_MIN_SPEEDUP}x needed")

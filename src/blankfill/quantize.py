@@ -5,6 +5,8 @@ weight is the lever. ``decoding_precision_(model, precision)`` converts a model 
 
     fp32   nothing changes (the default: fills equal the reference implementations' fills).
     bf16   every parameter in bfloat16 (half the bytes; fast only where the CPU has native bf16).
+    auto   int8 where ``hardware.choose_decoding_precision`` finds a CPU with native bf16 on which
+           the int8 matmul measures faster, fp32 elsewhere (an opt-in: it can change fills).
     int8   bf16 as above, and the Linear weights of every block stored as int8 with one bf16
            scale per output row (symmetric, absmax / 127): a quarter of the bytes. The matmul is
            PyTorch's own weight-only int8 kernel (``torch._weight_int8pack_mm``, the one torchao
@@ -24,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hardware import choose_decoding_precision
 from .model import GLM
 
-DecodingPrecision = Literal["fp32", "bf16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+DecodingPrecision = Literal["fp32", "bf16", "int8", "auto"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8", "auto")
 # Calls with more rows than this (prefill of a prompt) use the bf16 weight: the int8 kernel is a
 # matrix-vector kernel and loses to a bf16 GEMM once the weights are reused across many rows.
 INT8_MAX_ROWS = 16
@@ -65,6 +68,8 @@ def decoding_precision_(model: GLM, precision: DecodingPrecision = "fp32") -> GL
         raise ValueError(
             f"decoding precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
         )
+    if precision == "auto":
+        precision = choose_decoding_precision(model.word_embeddings.weight.device).precision
     if precision == "fp32":
         return model
     model.to(torch.bfloat16)

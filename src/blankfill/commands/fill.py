@@ -44,8 +44,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="decoding precision: fp32 (default), bf16 or weight-only int8 (faster on some CPUs; "
-        "can change fills)",
+        help="decoding precision: fp32 (default), bf16, weight-only int8 (faster on some CPUs; "
+        "can change fills) or auto (int8 where it measures faster, else fp32)",
     )
     add_aliases(p.add_argument_group("decoding (aliases)"), "decoding", ALIASES)
 
