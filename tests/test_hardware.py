@@ -46,6 +46,8 @@ def test_info_hardware_shows_the_machine_and_the_choice(capsys):
     assert out["cpu"] == hardware.cpu_model()
     assert out["device"] == "cpu" or out["device"].startswith("cuda")
     assert out["precision"]["auto"] in ("fp32", "bf16") and out["precision"]["reason"]
+    dec = out["decoding_precision"]  # what `fill --precision auto` picks
+    assert dec["auto"] in ("fp32", "int8") and dec["reason"]
 
 
 def test_info_without_a_model_is_a_one_line_error(capsys):

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         choice = hardware.choose_precision(device)
         info = {**hardware.describe(), "device": str(device)}
         info["precision"] = {"auto": choice.precision, "reason": choice.reason}
+        dec = hardware.choose_decoding_precision(device)
+        info["decoding_precision"] = {"auto": dec.precision, "reason": dec.reason}
         print(json.dumps(info, indent=2))
         return 0
     if args.model is None:
