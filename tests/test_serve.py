@@ -224,7 +224,11 @@ def test_cli_serve_help_and_bad_flags(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["serve", "--help"])
     assert e.value.code == 0
-    assert "127.0.0.1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "127.0.0.1" in out and "--precision" in out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["serve", "--model", "x", "--precision", "fp8"])
+    assert e.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
     assert cli.main(["serve", "--model", "x", "--max-batch", "0"]) == 2
     assert "--max-batch must be >= 1" in capsys.readouterr().err
 
