@@ -21,7 +21,8 @@ from pathlib import Path
 from common import emit, machine, token_store
 
 from blankfill.data.sources import ReadStats, iter_documents, list_input_files
-from blankfill.data.store import _CHUNK_CHARS, TokenStore, prepare
+from blankfill.data.encode import CHUNK_CHARS
+from blankfill.data.store import TokenStore, prepare
 
 
 def inputs(max_mb: float) -> list[Path]:
@@ -44,7 +45,7 @@ def raw_encode(files: list[Path], tokenizer) -> int:
         for doc in iter_documents(path, stats):
             chunk.append(tokenizer._prepare(doc))
             n += len(doc)
-            if n >= _CHUNK_CHARS:
+            if n >= CHUNK_CHARS:
                 tokenizer.backend.encode_batch(chunk, add_special_tokens=False)
                 chunk, n = [], 0
     if chunk:

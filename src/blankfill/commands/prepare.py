@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help=".txt: one document per file, or documents separated by blank lines",
     )
     p.add_argument("--text-field", default="text", help=".jsonl: the field holding the text")
+    p.add_argument(
+        "--workers", type=at_least(0), default=1, metavar="N",
+        help="tokenizer processes (default 1: one process, the tokenizer's threads on every "
+        "core; 0: one per core); the store is the same for every N",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")  # fmt: skip
 
@@ -88,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         manifest = prepare(
             args.input, out, tokenizer, txt_mode=args.txt_mode, text_field=args.text_field,
-            overwrite=args.overwrite, progress=bar.update if bar is not None else None,
+            overwrite=args.overwrite, workers=args.workers or (os.cpu_count() or 1),
+            progress=bar.update if bar is not None else None,
         )  # fmt: skip
     finally:
         if bar is not None:

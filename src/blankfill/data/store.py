@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..safeio import guard_write
+from .encode import CHUNK_CHARS, chunks, encoded_chunks
 from .sources import ReadStats, TxtMode, iter_documents, list_input_files
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 FORMAT = "blankfill-token-store/1"
 SENTENCE_END_CHARS = (".", "?", "!", ";", ":", "。", "？", "！", "；", "…", "\n")
 SPECIAL_FIELDS = ("pad", "eos", "cls", "mask", "smask", "gmask", "sop", "eop", "sep", "unk")
-_CHUNK_CHARS = 4_000_000  # characters per encode_batch call (parallel over the chunk's documents)
 
 
 def special_to_dict(special: Any) -> dict[str, int | None]:
@@ -206,21 +206,6 @@ class _Int64Column:
         self._f.close()
 
 
-def _chunks(docs: Iterable[tuple[int, str]], max_chars: int) -> Iterable[list[tuple[int, str]]]:
-    """(file index, text) pairs in groups of about ``max_chars`` characters, across files: a
-    corpus of one document per file still gives ``encode_batch`` many documents to parallelise."""
-    chunk: list[tuple[int, str]] = []
-    size = 0
-    for doc in docs:
-        chunk.append(doc)
-        size += len(doc[1])
-        if size >= max_chars:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
 def prepare(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -229,6 +214,8 @@ def prepare(
     txt_mode: TxtMode = "file",
     text_field: str = "text",
     overwrite: bool = False,
+    workers: int = 1,
+    chunk_chars: int = CHUNK_CHARS,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Tokenize a corpus into a token store.
@@ -241,6 +228,9 @@ def prepare(
         txt_mode: ``"file"``: one document per ``.txt``; ``"blank_lines"``: split at blank lines.
         text_field: the ``.jsonl`` field holding the text.
         overwrite: replace an existing store at ``out_dir``.
+        workers: 1 tokenizes in this process (the tokenizer's threads use every core); N > 1 in
+            N forked processes (``encode.encoded_chunks``). The store is the same for every N.
+        chunk_chars: characters of text per ``encode_batch`` call (memory holds a few chunks).
         progress: called with the number of input bytes read since the last call.
 
     Returns:
@@ -276,22 +266,25 @@ def prepare(
 
         reported = 0
         with open(tmp / "tokens.bin", "wb") as fout:
-            for chunk in _chunks(documents(), _CHUNK_CHARS):
-                encoded = tokenizer.encode_batch([doc for _, doc in chunk])
-                for (f, _), ids in zip(chunk, encoded, strict=True):
-                    if not ids:
+            encoded = encoded_chunks(
+                chunks(documents(), chunk_chars), tokenizer, table, np.dtype(dtype),
+                workers=workers,
+            )  # fmt: skip
+            for chunk, enc in encoded:
+                if enc.bad_doc >= 0:
+                    f = chunk[enc.bad_doc][0]
+                    raise ValueError(f"{files[f]}: tokenizer produced ids outside [0, {V})")
+                for (f, _), n in zip(chunk, enc.lengths.tolist(), strict=True):
+                    file_tokens[f] += n
+                    if n == 0:
                         stats.documents -= 1
                         stats.empty_skipped += 1
                         file_docs[f] -= 1
-                        continue
-                    arr = np.asarray(ids, dtype=np.int64)
-                    if arr.max() >= V or arr.min() < 0:
-                        raise ValueError(f"{files[f]}: tokenizer produced ids outside [0, {V})")
-                    ends.write(np.flatnonzero(table[arr]) + total)
-                    fout.write(arr.astype(dtype).tobytes())
-                    total += len(arr)
-                    file_tokens[f] += len(arr)
-                    offsets.write([total])
+                kept = enc.lengths[enc.lengths > 0]
+                ends.write(enc.sentence_ends + total)
+                fout.write(enc.ids.tobytes())
+                offsets.write(np.cumsum(kept) + total)
+                total += len(enc.ids)
                 if progress is not None:
                     progress(stats.bytes - reported)
                     reported = stats.bytes
