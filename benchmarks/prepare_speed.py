@@ -20,8 +20,8 @@ from pathlib import Path
 
 from common import emit, machine, token_store
 
-from blankfill.data.sources import ReadStats, iter_documents, list_input_files
 from blankfill.data.encode import CHUNK_CHARS
+from blankfill.data.sources import ReadStats, iter_documents, list_input_files
 from blankfill.data.store import TokenStore, prepare
 
 
