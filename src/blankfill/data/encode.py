@@ -15,7 +15,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -110,33 +111,51 @@ def encoded_chunks(
         tokenizer: as ``encode_chunk``; with ``workers > 1`` it is inherited by forked processes.
         table: as ``encode_chunk``.
         dtype: as ``encode_chunk``.
-        workers: 1 encodes here (the tokenizer's own threads use every core); N > 1 uses N
-            worker processes, at most ``2 * N`` chunks in flight.
+        workers: 1 encodes in one thread of this process (the tokenizer's own threads use every
+            core) while this one reads ahead, 2 chunks in flight; N > 1 uses N worker
+            processes, at most ``2 * N`` chunks in flight.
     """
     if workers <= 1:
-        for chunk in doc_chunks:
-            yield chunk, encode_chunk(tokenizer, [t for _, t in chunk], table, dtype)
+        # one encoding thread (the tokenizer's Rust threads, without the GIL) while this thread
+        # reads and parses the next chunk: reading no longer waits for encoding, or vice versa
+        with ThreadPoolExecutor(1) as pool:
+            yield from _in_order(
+                doc_chunks, lambda c: pool.submit(encode_chunk, tokenizer, c, table, dtype), 2
+            )
         return
     ctx = multiprocessing.get_context("fork")
     old = os.environ.get(_PARALLELISM)
     os.environ[_PARALLELISM] = "false"  # set while forking: no "forked after parallelism" warning
     try:
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer, table, dtype))
+        procs = ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer, table, dtype))
     finally:
         if old is None:
             del os.environ[_PARALLELISM]
         else:
             os.environ[_PARALLELISM] = old
-    pending: deque[tuple[list[tuple[int, str]], Any]] = deque()
     try:
-        for chunk in doc_chunks:
-            pending.append((chunk, pool.apply_async(_encode_in_worker, ([t for _, t in chunk],))))
-            if len(pending) >= 2 * workers:
-                done, result = pending.popleft()
-                yield done, result.get()
-        while pending:
-            done, result = pending.popleft()
-            yield done, result.get()
+        yield from _in_order(
+            doc_chunks, lambda c: procs.apply_async(_encode_in_worker, (c,)), 2 * workers
+        )
     finally:
-        pool.terminate()
-        pool.join()
+        procs.terminate()
+        procs.join()
+
+
+def _in_order(
+    doc_chunks: Iterable[list[tuple[int, str]]], submit: Callable[[list[str]], Any], depth: int
+) -> Iterator[tuple[list[tuple[int, str]], EncodedChunk]]:
+    """Submit each chunk's texts, keep at most ``depth`` in flight, yield results in order."""
+    pending: deque[tuple[list[tuple[int, str]], Any]] = deque()
+    for chunk in doc_chunks:
+        pending.append((chunk, submit([t for _, t in chunk])))
+        if len(pending) >= depth:
+            done, result = pending.popleft()
+            yield done, _result(result)
+    while pending:
+        done, result = pending.popleft()
+        yield done, _result(result)
+
+
+def _result(handle: Any) -> EncodedChunk:
+    return handle.result() if hasattr(handle, "result") else handle.get()
