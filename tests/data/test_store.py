@@ -155,3 +155,50 @@ def test_cli_prepare_and_inspect_with_a_trained_tokenizer(tmp_path, make_corpus,
                    str(out / "tokenizer"), "--objective", "sentence"])  # fmt: skip
     text = capsys.readouterr().out
     assert rc == 0 and "objective sMASK" in text and "[sMASK]" in text
+
+
+def _store_bytes(path) -> dict[str, bytes]:
+    names = ("tokens.bin", "doc_offsets.npy", "sentence_ends.npy")
+    return {n: (path / n).read_bytes() for n in names}
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["stub", "bpe"])
+def test_store_is_identical_for_every_worker_count(tmp_path, tokenizer, make_corpus, real):
+    corpus = make_corpus(tmp_path, n_docs=30)
+    (corpus / "empty.txt").write_text("  \n")  # an empty document inside a chunk
+    if real:
+        from blankfill.tokenizer import train_tokenizer
+
+        texts = [p.read_text() for p in sorted(corpus.iterdir())]
+        tokenizer = train_tokenizer(texts, vocab_size=300)
+    stores, manifests = [], []
+    for workers in (1, 2, 3):
+        out = tmp_path / f"s{workers}"
+        manifests.append(prepare([corpus], out, tokenizer, workers=workers, chunk_chars=500))
+        stores.append(_store_bytes(out))
+    assert stores[0] == stores[1] == stores[2]
+    keep = ("num_tokens", "num_documents", "num_sentence_ends", "sources",
+            "empty_documents_skipped")  # fmt: skip
+    assert all({k: m[k] for k in keep} == {k: manifests[0][k] for k in keep} for m in manifests)
+    assert manifests[0]["empty_documents_skipped"] == 1 and manifests[0]["num_documents"] == 30
+    store = TokenStore(tmp_path / "s3")
+    for d, path in enumerate(sorted(p for p in corpus.iterdir() if p.name != "empty.txt")):
+        assert store.document(d).tolist() == tokenizer.encode(path.read_text().strip("\n"))
+    assert not list(tmp_path.glob(".s*.partial-*"))
+
+
+def test_workers_keep_the_bad_input_errors(tmp_path, tokenizer, make_corpus):
+    corpus = make_corpus(tmp_path, n_docs=6)
+    (corpus / "z.txt.gz").write_bytes(gzip.compress(b"x" * 5000)[:-20])  # truncated
+    with pytest.raises(ValueError, match=r"z\.txt\.gz: truncated or corrupt gzip"):
+        prepare([corpus], tmp_path / "s", tokenizer, workers=2, chunk_chars=100)
+    assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.*"))
+
+    class Wide(type(tokenizer)):  # an id past the vocabulary, in the 4th document
+        def encode_batch(self, texts):
+            return [self.encode(t) + ([999] if "A list" in t[:200] else []) for t in texts]
+
+    (corpus / "z.txt.gz").unlink()
+    with pytest.raises(ValueError, match=r"doc\d\d\.txt: tokenizer produced ids outside"):
+        prepare([corpus], tmp_path / "s", Wide(), workers=2, chunk_chars=100)
+    assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.*"))

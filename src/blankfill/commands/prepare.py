@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -42,7 +43,16 @@ def configure(p: argparse.ArgumentParser) -> None:
         help=".txt: one document per file, or documents separated by blank lines",
     )
     p.add_argument("--text-field", default="text", help=".jsonl: the field holding the text")
+    p.add_argument(
+        "--workers", type=at_least(0), default=1, metavar="N",
+        help="tokenizer processes (default 1: one process, the tokenizer's threads on every "
+        "core; 0: one per core); the store is the same for every N",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument(
+        "--append", action="store_true",
+        help="add the inputs to the existing store --out as a new shard (same --tokenizer)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")  # fmt: skip
 
 
@@ -75,8 +85,16 @@ def run(args: argparse.Namespace) -> int:
     if args.txt_mode != "file" and "txt" not in kinds:
         raise ValueError("--txt-mode applies to .txt inputs only, and there are none")
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite or choose another --out")
+    if args.append and args.train_tokenizer:
+        raise ValueError(
+            f"--append keeps the store's tokenizer: pass --tokenizer {out / 'tokenizer'}"
+        )
+    if args.append:
+        TokenStore(out)  # a one-line error when --out is not a store, before any reading
+    elif out.exists() and not args.overwrite:
+        raise FileExistsError(
+            f"{out} already exists; pass --overwrite, --append, or choose another --out"
+        )
     tokenizer = _tokenizer(args, files)
     total = sum(f.stat().st_size for f in files)
     bar = None
@@ -88,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         manifest = prepare(
             args.input, out, tokenizer, txt_mode=args.txt_mode, text_field=args.text_field,
-            overwrite=args.overwrite, progress=bar.update if bar is not None else None,
+            overwrite=args.overwrite, append=args.append, workers=args.workers or (os.cpu_count() or 1),
+            progress=bar.update if bar is not None else None,
         )  # fmt: skip
     finally:
         if bar is not None:
@@ -96,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     store = TokenStore(out)
+    shards = f" in {len(store.shards)} shards" if len(store.shards) > 1 else ""
     print(
-        f"wrote {out}: {store.num_documents} documents, {store.num_tokens} tokens "
+        f"wrote {out}{shards}: {store.num_documents} documents, {store.num_tokens} tokens "
         f"({manifest['dtype']}), {manifest['num_sentence_ends']} sentence ends, "
         f"{size / 2**20:.1f} MiB, {wall:.1f}s"
     )

@@ -11,11 +11,16 @@ A store is a folder:
 - ``manifest.json``: format, dtype, counts, special ids, tokenizer fingerprint, sources and the
   bad-input counters. It is written last, and the folder is built under a temporary name and
   renamed at the end, so an interrupted run never leaves a store that looks complete.
+
+``prepare(..., append=True)`` adds later documents as a shard ``shards/NNNNN/`` (the same three
+files, offsets and sentence ends local to the shard), built under a temporary name, then listed
+in ``manifest["shards"]`` (format ``/2``) by replacing ``manifest.json`` atomically: a killed
+append leaves the store as it was. The folder's own files are shard 0; ``TokenStore`` reads the
+shards as one store (global token indices and document numbers, shards in order).
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -29,14 +34,16 @@ from typing import Any
 import numpy as np
 
 from ..safeio import guard_write
-from .sources import ReadStats, TxtMode, iter_documents, list_input_files
+from .encode import CHUNK_CHARS
+from .sources import ReadStats, TxtMode, list_input_files
+from .write import remove_stale_partials, write_shard
 
 log = logging.getLogger(__name__)
 
 FORMAT = "blankfill-token-store/1"
+FORMAT_SHARDED = "blankfill-token-store/2"  # /1 plus appended shards (``manifest["shards"]``)
 SENTENCE_END_CHARS = (".", "?", "!", ";", ":", "。", "？", "！", "；", "…", "\n")
 SPECIAL_FIELDS = ("pad", "eos", "cls", "mask", "smask", "gmask", "sop", "eop", "sep", "unk")
-_CHUNK_CHARS = 4_000_000  # characters per encode_batch call (parallel over the chunk's documents)
 
 
 def special_to_dict(special: Any) -> dict[str, int | None]:
@@ -65,6 +72,48 @@ def sentence_end_table(
     return table
 
 
+class ShardedTokens:
+    """The ids of a sharded store as one read-only sequence: ``x[a:b]`` within one shard is a view
+    of that shard's memmap (every document lies in one shard); across shards it is a copy."""
+
+    def __init__(self, maps: list[np.ndarray], starts: np.ndarray) -> None:
+        self.maps, self.starts = maps, starts
+        self.dtype = maps[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def __getitem__(self, key: int | slice) -> Any:
+        n = len(self)
+        if isinstance(key, slice):
+            a, b, step = key.indices(n)
+            assert step == 1, "ShardedTokens supports contiguous slices only"
+            if a >= b:
+                return self.maps[0][:0]
+            s = int(np.searchsorted(self.starts, a, side="right")) - 1
+            if b <= self.starts[s + 1]:
+                return self.maps[s][a - self.starts[s] : b - self.starts[s]]
+            return np.concatenate(
+                [self[a : int(self.starts[s + 1])], self[int(self.starts[s + 1]) : b]]
+            )
+        i = int(key) + (n if int(key) < 0 else 0)
+        if not 0 <= i < n:
+            raise IndexError(f"token index {key} out of range for {n} tokens")
+        s = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.maps[s][i - self.starts[s]]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = np.concatenate(self.maps)
+        return a if dtype is None else a.astype(dtype)
+
+    def tolist(self) -> list[int]:
+        return np.asarray(self).tolist()
+
+
 class TokenStore:
     """A prepared token store, opened read-only (memmaps are opened lazily, per process).
 
@@ -90,36 +139,65 @@ class TokenStore:
             raise ValueError(
                 f"{manifest}: not valid JSON ({e}); re-run `blankfill prepare`"
             ) from None
-        if self.manifest.get("format") != FORMAT:
+        if self.manifest.get("format") not in (FORMAT, FORMAT_SHARDED):
             raise ValueError(
                 f"{self.path}: unsupported store format {self.manifest.get('format')!r} "
                 f"(expected {FORMAT!r}); re-run `blankfill prepare`"
             )
-        self.doc_offsets = np.load(self.path / "doc_offsets.npy")
-        self._tokens: np.ndarray | None = None
-        self._sentence_ends: np.ndarray | None = None
+        counts = ("num_tokens", "num_documents", "num_sentence_ends")
+        self.shards: list[dict[str, Any]] = self.manifest.get("shards") or [
+            {"path": ".", **{k: self.manifest[k] for k in counts}}
+        ]
+        #: int64 [S + 1]: shard s holds global tokens ``starts[s]:starts[s + 1]``
+        self.shard_starts = np.cumsum([0] + [int(sh["num_tokens"]) for sh in self.shards])
+        offsets = [np.load(self._shard(0) / "doc_offsets.npy")]
+        for s in range(1, len(self.shards)):
+            offsets.append(np.load(self._shard(s) / "doc_offsets.npy")[1:] + self.shard_starts[s])
+        self.doc_offsets = np.concatenate(offsets) if len(offsets) > 1 else offsets[0]
+        self._tokens: Any = None
+        self._sentence_ends: list[np.ndarray] | None = None
+
+    def _shard(self, s: int) -> Path:
+        return self.path / self.shards[s]["path"]
 
     def __getstate__(self) -> dict[str, Any]:  # workers re-open the memmaps themselves
         return {**self.__dict__, "_tokens": None, "_sentence_ends": None}
 
     @property
-    def tokens(self) -> np.ndarray:
+    def tokens(self) -> Any:
+        """[num_tokens] the ids (an ndarray for a one-shard store, else a ``ShardedTokens``)."""
         if self._tokens is None:
             # a plain ndarray view of the mapping: slicing a np.memmap costs microseconds of
             # Python per call (subclass bookkeeping), paid several times per sample
-            self._tokens = np.asarray(np.memmap(
-                self.path / "tokens.bin", dtype=self.manifest["dtype"], mode="r",
-                shape=(self.num_tokens,),
-            ))  # fmt: skip
+            maps = [
+                np.asarray(
+                    np.memmap(
+                        self._shard(s) / "tokens.bin",
+                        dtype=self.manifest["dtype"],
+                        mode="r",
+                        shape=(int(sh["num_tokens"]),),
+                    )
+                )  # fmt: skip
+                for s, sh in enumerate(self.shards)
+            ]
+            self._tokens = maps[0] if len(maps) == 1 else ShardedTokens(maps, self.shard_starts)
         return self._tokens
+
+    def _shard_ends(self) -> list[np.ndarray]:
+        if self._sentence_ends is None:
+            self._sentence_ends = [  # plain views, as ``tokens``
+                np.asarray(np.load(self._shard(s) / "sentence_ends.npy", mmap_mode="r"))
+                for s in range(len(self.shards))
+            ]
+        return self._sentence_ends
 
     @property
     def sentence_ends(self) -> np.ndarray:
-        if self._sentence_ends is None:
-            self._sentence_ends = np.asarray(
-                np.load(self.path / "sentence_ends.npy", mmap_mode="r")
-            )  # a plain view, as ``tokens``
-        return self._sentence_ends
+        """int64: sorted global indices of sentence-ending tokens (a copy for a sharded store)."""
+        ends = self._shard_ends()
+        if len(ends) == 1:
+            return ends[0]
+        return np.concatenate([e + self.shard_starts[s] for s, e in enumerate(ends)])
 
     @property
     def num_tokens(self) -> int:
@@ -148,10 +226,15 @@ class TokenStore:
 
     def sentence_end_mask(self, start: int, stop: int) -> np.ndarray:
         """bool [stop - start]: which tokens in ``tokens[start:stop]`` end a sentence."""
-        ends = self.sentence_ends
-        lo, hi = np.searchsorted(ends, [start, stop])
         out = np.zeros(stop - start, dtype=bool)
-        out[np.asarray(ends[lo:hi]) - start] = True
+        first = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
+        for s in range(max(first, 0), len(self.shards)):
+            base = int(self.shard_starts[s])
+            if base >= stop:
+                break
+            ends = self._shard_ends()[s]
+            lo, hi = np.searchsorted(ends, [start - base, stop - base])
+            out[np.asarray(ends[lo:hi]) + base - start] = True
         return out
 
     def check_tokenizer(self, tokenizer: Any, key: str = "train.tokenizer") -> None:
@@ -177,50 +260,6 @@ class TokenStore:
         )
 
 
-class _Int64Column:
-    """An int64 column appended to a raw file, then saved as ``.npy``: memory stays bounded by a
-    chunk, whatever the corpus size (sentence ends and document offsets of a 5 GB corpus do not
-    fit comfortably in memory as Python lists)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.count = path, 0
-        self._f = open(path, "wb")
-
-    def write(self, values: np.ndarray | list[int]) -> None:
-        a = np.asarray(values, dtype=np.int64)
-        self._f.write(a.tobytes())
-        self.count += len(a)
-
-    def save(self, npy: Path, block: int = 1 << 22) -> None:
-        """Write ``npy`` (the column, in blocks) and remove the raw file."""
-        self._f.close()
-        raw = np.memmap(self.path, dtype=np.int64, mode="r", shape=(self.count,))
-        out = np.lib.format.open_memmap(npy, mode="w+", dtype=np.int64, shape=(self.count,))
-        for i in range(0, self.count, block):
-            out[i : i + block] = raw[i : i + block]
-        out.flush()
-        del out, raw
-        self.path.unlink()
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def _chunks(docs: Iterable[tuple[int, str]], max_chars: int) -> Iterable[list[tuple[int, str]]]:
-    """(file index, text) pairs in groups of about ``max_chars`` characters, across files: a
-    corpus of one document per file still gives ``encode_batch`` many documents to parallelise."""
-    chunk: list[tuple[int, str]] = []
-    size = 0
-    for doc in docs:
-        chunk.append(doc)
-        size += len(doc[1])
-        if size >= max_chars:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
 def prepare(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -229,18 +268,26 @@ def prepare(
     txt_mode: TxtMode = "file",
     text_field: str = "text",
     overwrite: bool = False,
+    append: bool = False,
+    workers: int = 1,
+    chunk_chars: int = CHUNK_CHARS,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Tokenize a corpus into a token store.
+    """Tokenize a corpus into a token store, or into a new shard of an existing one.
 
     Args:
         inputs: files and folders (``.txt``, ``.jsonl``, ``.gz`` of either).
-        out_dir: the store folder to create.
+        out_dir: the store folder to create (or, with ``append``, to add a shard to).
         tokenizer: a ``blankfill.tokenizer.Tokenizer`` (``encode_batch``, ``token_strings``,
             ``special``, ``vocab_size``, ``fingerprint``, ``save``).
         txt_mode: ``"file"``: one document per ``.txt``; ``"blank_lines"``: split at blank lines.
         text_field: the ``.jsonl`` field holding the text.
         overwrite: replace an existing store at ``out_dir``.
+        append: add the documents as shard ``shards/NNNNN`` of the store at ``out_dir`` (made
+            with the same tokenizer); the store reads as one, documents in order of appending.
+        workers: 1 tokenizes in this process (the tokenizer's threads use every core); N > 1 in
+            N forked processes (``encode.encoded_chunks``). The store is the same for every N.
+        chunk_chars: characters of text per ``encode_batch`` call (memory holds a few chunks).
         progress: called with the number of input bytes read since the last call.
 
     Returns:
@@ -248,74 +295,44 @@ def prepare(
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite or choose another --out")
+    if append and overwrite:
+        raise ValueError("--append adds to a store and --overwrite replaces it: choose one")
+    if append:
+        store = TokenStore(out)  # a one-line ValueError when there is no store
+        if str(tokenizer.fingerprint()) != store.tokenizer_fingerprint:
+            raise ValueError(
+                f"--tokenizer is not the tokenizer {out} was prepared with (fingerprints "
+                f"{str(tokenizer.fingerprint())[:12]} vs {store.tokenizer_fingerprint[:12]}); "
+                f"append with --tokenizer {out / 'tokenizer'}"
+            )
+    elif out.exists() and not overwrite:
+        raise FileExistsError(
+            f"{out} already exists; pass --overwrite, --append, or choose another --out"
+        )
     files = list_input_files(inputs)
     V = int(tokenizer.vocab_size)
-    dtype = np.uint16 if V <= 2**16 else np.uint32
+    dtype = np.dtype(np.uint16 if V <= 2**16 else np.uint32)
     special = special_to_dict(tokenizer.special)
     table = sentence_end_table(tokenizer.token_strings(), special.values())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if append:
+        shards = store.shards
+        name = f"shards/{len(shards):05d}"
+        final = out / name
+        final.parent.mkdir(exist_ok=True)
+    else:
+        final = out
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(final)
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     with guard_write(out, tmp):
         stats = ReadStats()
-        offsets = _Int64Column(tmp / "doc_offsets.bin")
-        ends = _Int64Column(tmp / "sentence_ends.bin")
-        offsets.write([0])
-        file_docs, file_tokens = [0] * len(files), [0] * len(files)
-        total = 0
-
-        def documents() -> Iterable[tuple[int, str]]:
-            for f, path in enumerate(files):
-                for doc in iter_documents(path, stats, txt_mode=txt_mode, text_field=text_field):
-                    file_docs[f] += 1
-                    yield f, doc
-
-        reported = 0
-        with open(tmp / "tokens.bin", "wb") as fout:
-            for chunk in _chunks(documents(), _CHUNK_CHARS):
-                encoded = tokenizer.encode_batch([doc for _, doc in chunk])
-                for (f, _), ids in zip(chunk, encoded, strict=True):
-                    if not ids:
-                        stats.documents -= 1
-                        stats.empty_skipped += 1
-                        file_docs[f] -= 1
-                        continue
-                    arr = np.asarray(ids, dtype=np.int64)
-                    if arr.max() >= V or arr.min() < 0:
-                        raise ValueError(f"{files[f]}: tokenizer produced ids outside [0, {V})")
-                    ends.write(np.flatnonzero(table[arr]) + total)
-                    fout.write(arr.astype(dtype).tobytes())
-                    total += len(arr)
-                    file_tokens[f] += len(arr)
-                    offsets.write([total])
-                if progress is not None:
-                    progress(stats.bytes - reported)
-                    reported = stats.bytes
-        sources = [
-            {"path": str(path), "documents": file_docs[f], "tokens": file_tokens[f]}
-            for f, path in enumerate(files)
-        ]
-        if total == 0:
-            raise ValueError(
-                f"empty corpus: no non-empty documents in {len(files)} file(s) "
-                f"({stats.empty_skipped} empty documents skipped)"
-            )
-        offsets.save(tmp / "doc_offsets.npy")
-        ends.save(tmp / "sentence_ends.npy")
-        tokenizer.save(tmp / "tokenizer")
-        manifest = {
-            "format": FORMAT,
-            "dtype": np.dtype(dtype).name,
-            "num_tokens": total,
-            "num_documents": offsets.count - 1,
-            "num_sentence_ends": ends.count,
-            "vocab_size": V,
-            "special": special,
-            "tokenizer_fingerprint": str(tokenizer.fingerprint()),
+        shard = write_shard(
+            files, tmp, tokenizer, table, dtype, stats, txt_mode=txt_mode,
+            text_field=text_field, workers=workers, chunk_chars=chunk_chars, progress=progress,
+        )  # fmt: skip
+        counters = {
             "txt_mode": txt_mode,
             "text_field": text_field,
             "input_bytes": stats.bytes,
@@ -323,7 +340,23 @@ def prepare(
             "empty_documents_skipped": stats.empty_skipped,
             "undecodable_replaced": stats.replaced,
             "seconds": round(time.perf_counter() - t0, 3),
-            "sources": sources,
+        }
+        if append:
+            manifest = _appended(store.manifest, shards, {"path": name, **shard, **counters})
+            shutil.rmtree(final, ignore_errors=True)  # a killed append's shard, never listed
+            tmp.rename(final)
+            _replace_text(out / "manifest.json", json.dumps(manifest, indent=1))
+            return manifest
+        tokenizer.save(tmp / "tokenizer")
+        manifest = {
+            "format": FORMAT,
+            "dtype": dtype.name,
+            **{k: shard[k] for k in ("num_tokens", "num_documents", "num_sentence_ends")},
+            "vocab_size": V,
+            "special": special,
+            "tokenizer_fingerprint": str(tokenizer.fingerprint()),
+            **counters,
+            "sources": shard["sources"],
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if out.exists():
@@ -336,33 +369,24 @@ def prepare(
     return manifest
 
 
-def remove_stale_partials(out: str | Path) -> list[Path]:
-    """Remove the ``.OUT.partial-PID`` / ``.OUT.old-PID`` folders of ``prepare`` runs that were
-    killed (their process is gone); returns what was removed."""
-    out = Path(out)
-    removed = []
-    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
-        kind, _, pid = p.name[len(out.name) + 2 :].rpartition("-")
-        if kind not in ("partial", "old") or not pid.isdigit() or _alive(int(pid)):
-            continue
-        if kind == "old" and not out.exists():  # killed between the two renames: keep it
-            log.warning("%s is missing; %s holds the previous store (rename it back)", out, p)
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
-    if removed:
-        log.info("removed %d folder(s) left by killed prepare runs: %s", len(removed),
-                 ", ".join(p.name for p in removed))  # fmt: skip
-    return removed
+def _appended(manifest: dict[str, Any], shards: list[dict[str, Any]], new: dict[str, Any]):
+    """The manifest of a store after appending shard ``new`` (totals summed, sources joined)."""
+    m = {**manifest, "format": FORMAT_SHARDED, "shards": [*shards, new]}
+    for k in ("num_tokens", "num_documents", "num_sentence_ends", "input_bytes", "files",
+              "empty_documents_skipped", "undecodable_replaced"):  # fmt: skip
+        m[k] = int(manifest.get(k, 0)) + int(new[k])
+    m["sources"] = [*manifest.get("sources", []), *new["sources"]]
+    return m
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` atomically: a reader sees the old file or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
