@@ -98,6 +98,16 @@ def matmul_flops(dtype: torch.dtype, *, n: int = 512, seconds: float = 0.3, devi
     return 2 * n**3 / best
 
 
+def native_bf16_flags(flags: frozenset[str] | None = None) -> list[str]:
+    """The CPU's flags (or ``flags``) that mean native bf16 matmuls."""
+    flags = cpu_flags() if flags is None else flags
+    return [f for f in NATIVE_BF16_FLAGS if f in flags]
+
+
+def _no_native_bf16() -> PrecisionChoice:
+    return PrecisionChoice("fp32", f"CPU {cpu_model()!r} has no native bf16 (amx/avx512_bf16)")
+
+
 def choose_precision(
     device: torch.device, *, measure: bool = True, flags: frozenset[str] | None = None
 ) -> PrecisionChoice:
@@ -113,10 +123,9 @@ def choose_precision(
         return PrecisionChoice("fp32", "this GPU has no bf16 (use fp16 explicitly)")
     if device.type != "cpu":
         return PrecisionChoice("fp32", f"no bf16 check for device type {device.type}")
-    flags = cpu_flags() if flags is None else flags
-    native = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    native = native_bf16_flags(flags)
     if not native:
-        return PrecisionChoice("fp32", f"CPU {cpu_model()!r} has no native bf16 (amx/avx512_bf16)")
+        return _no_native_bf16()
     if not measure:
         return PrecisionChoice("bf16", f"CPU has {', '.join(native)} (not measured)")
     fp32 = matmul_flops(torch.float32)
@@ -176,10 +185,9 @@ def choose_decoding_precision(
     """
     if device.type != "cpu":
         return PrecisionChoice("fp32", f"int8 decoding is measured on CPU only, not {device.type}")
-    flags = cpu_flags() if flags is None else flags
-    native = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    native = native_bf16_flags(flags)
     if not native:
-        return PrecisionChoice("fp32", f"CPU {cpu_model()!r} has no native bf16 (amx/avx512_bf16)")
+        return _no_native_bf16()
     if not measure:
         return PrecisionChoice("int8", f"CPU has {', '.join(native)} (not measured)")
     ratio = _int8_decode_speedup()
