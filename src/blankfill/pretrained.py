@@ -262,17 +262,8 @@ def load_folder_tokenizer(path: str | Path) -> Any | None:
 
 
 def _sentencepiece_tokenizer(model_file: Path, path: Path) -> Any:
-    try:
-        import sentencepiece  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            f"{model_file}: the Chinese GLM tokenizer is a SentencePiece model; install the "
-            "optional package sentencepiece (pip install sentencepiece) to read it"
-        ) from None
-    from .tokenizer import Tokenizer
+    from .tokenizer import Tokenizer  # spm names the missing sentencepiece package itself
 
-    if not hasattr(Tokenizer, "from_sentencepiece"):
-        raise ConfigError(f"{model_file}: SentencePiece tokenizers are not supported yet")
     config = json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).is_file() else {}
     if config.get("bad_words_id") == [50009]:
         # glm-10b-chinese (spec §2): trained with [gMASK] = 50007 = eop; the hub converter copied

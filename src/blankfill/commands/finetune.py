@@ -78,19 +78,19 @@ def run(args: argparse.Namespace) -> int:
     check_applicable(cfg, args.task)
     local_rank = env_dist_info().local_rank
     device = resolve_device(cfg.finetune.device, local_rank, key="finetune.device")
-    _check_out(Path(args.out or f"runs/finetune-{Path(args.task).stem}"), args.overwrite)
+    out = Path(args.out or f"runs/finetune-{Path(args.task).stem}")
+    _check_out(out, args.overwrite)
     info = init_distributed(cfg.dist, device)
     try:
-        return _finetune(args, cfg, device, info)
+        return _finetune(args, cfg, out, device, info)
     finally:
         teardown(info)
 
 
-def _finetune(args: argparse.Namespace, cfg: FinetuneRunConfig, device, info) -> int:
+def _finetune(args: argparse.Namespace, cfg: FinetuneRunConfig, out: Path, device, info) -> int:
     from ..folder import load_model_and_tokenizer
     from ..progress import progress_bar as tqdm
 
-    out = Path(args.out or f"runs/finetune-{Path(args.task).stem}")
     model, tokenizer = load_model_and_tokenizer(args.model, device=device)
     if args.task == "seq2seq":
         from ..finetune.seq2seq import finetune_seq2seq, read_pairs, require_pairs
