@@ -110,21 +110,38 @@ def plan(out: Path, args, vocab: int) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     runs = len(args.variants) * args.seeds
+    precision = pick_precision()
     if args.smoke:
         p = {"steps": 3, "budget_minutes": 0, "steps_per_minute": None, "smoke": True}
     else:
-        spm = measure_speed(out, vocab)
+        spm = measure_speed(out, vocab, precision["precision"])
         minutes = args.budget_minutes * PRETRAIN_SHARE / max(runs, 1)
         p = {"steps": max(20, int(spm * minutes)), "budget_minutes": args.budget_minutes,
              "steps_per_minute": round(spm, 1), "minutes_per_run": round(minutes, 2)}  # fmt: skip
-    p.update(runs=runs, variants=args.variants, seeds=args.seeds)
+    p.update(runs=runs, variants=args.variants, seeds=args.seeds, **precision)
     write_json(path, p)
     return p
 
 
-def measure_speed(out: Path, vocab: int) -> float:
-    """Optimizer steps per minute of variant (a) here (10 steps, the first 2 not timed)."""
+def pick_precision() -> dict:
+    """``train.precision = "auto"`` resolved once, here, and pinned for every run of the suite: a
+    later start on a busier machine could measure differently, and equal compute means equal
+    arithmetic."""
     sys.path.insert(0, str(REPO / "src"))
+    from blankfill.device import resolve_device
+    from blankfill.hardware import choose_precision
+
+    choice = choose_precision(resolve_device("auto"))
+    say(f"plan: precision {choice.precision} ({choice.reason})")
+    return {"precision": choice.precision, "precision_reason": choice.reason}
+
+
+def measure_speed(out: Path, vocab: int, precision: str) -> float:
+    """Optimizer steps per minute of variant (a) here, at ``precision`` (10 steps, the first 2
+    not timed)."""
+    sys.path.insert(0, str(REPO / "src"))
+    import torch
+
     from blankfill.config import RunConfig, load_config
     from blankfill.data.loader import PretrainLoader
     from blankfill.demo import steps_per_minute
@@ -135,8 +152,10 @@ def measure_speed(out: Path, vocab: int) -> float:
     cfg = load_config(RunConfig, BASE, base_overrides(out, "speed", 0, vocab))
     tok = load_tokenizer(shared / "tokenizer")
     data = PretrainLoader(cfg.data.store, cfg.data, cfg.corrupt, tok.special)
-    spm = steps_per_minute(cfg, GLM(cfg.model), data)
-    say(f"plan: {spm:.0f} steps/min measured for variant (a)")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        spm = steps_per_minute(cfg, GLM(cfg.model), data)
+    say(f"plan: {spm:.0f} steps/min measured for variant (a) at {precision}")
     return spm
 
 
@@ -152,11 +171,13 @@ def run_dir(out: Path, letter: str, seed: int) -> Path:
     return out / f"{letter}-{VARIANTS[letter][0]}-s{seed}"
 
 
-def base_overrides(out: Path, letter: str, steps: int, vocab: int, seed: int = 1) -> list[str]:
+def base_overrides(
+    out: Path, letter: str, steps: int, vocab: int, seed: int = 1, precision: str = "auto"
+) -> list[str]:
     shared = out / "shared"
     ov = [f"data.store={shared / 'store-train'}", f"data.valid_store={shared / 'store-valid'}",
           f"model.vocab_size={model_vocab(vocab)}", f"train.seed={seed}",
-          f"data.seed={1000 + seed}"]  # fmt: skip
+          f"data.seed={1000 + seed}", f"train.precision={precision}"]  # fmt: skip
     if steps:
         every = max(1, steps // 5) if steps >= 10 else steps  # a smoke run: once, at the end
         ov += [f"train.max_steps={steps}", f"train.save_every={every}",
@@ -172,12 +193,12 @@ def finished_step(rd: Path) -> int:
                default=0)  # fmt: skip
 
 
-def pretrain(out: Path, letter: str, seed: int, steps: int, vocab: int) -> Path:
+def pretrain(out: Path, letter: str, seed: int, steps: int, vocab: int, precision: str) -> Path:
     rd = run_dir(out, letter, seed)
     done = rd / "pretrain.json"
     if done.is_file():
         return rd
-    ov = base_overrides(out, letter, steps, vocab, seed) + [f"train.out_dir={rd}"]
+    ov = base_overrides(out, letter, steps, vocab, seed, precision) + [f"train.out_dir={rd}"]
     cmd = [sys.executable, "-m", "blankfill", "pretrain", "--config", str(BASE), "--resume",
            "auto", *(f"--{o}" for o in ov)]  # fmt: skip
     say(f"pretrain ({letter}) {VARIANTS[letter][1]}, seed {seed}: {steps} steps -> {rd}")
@@ -242,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     info = prepare(out, splits, args.smoke)
     vocab = info["vocab_size"]
-    steps = plan(out, args, vocab)["steps"]
+    planned = plan(out, args, vocab)
+    steps, precision = planned["steps"], planned.get("precision", "auto")
     stages = set(args.stages.split(","))
     for seed in range(1, args.seeds + 1):
         for letter in args.variants:
             rd = run_dir(out, letter, seed)
             if "pretrain" in stages:
-                pretrain(out, letter, seed, steps, vocab)
+                pretrain(out, letter, seed, steps, vocab, precision)
             if not (rd / "pretrain.json").is_file():
                 continue
             if "eval" in stages:
