@@ -202,3 +202,28 @@ def test_workers_keep_the_bad_input_errors(tmp_path, tokenizer, make_corpus):
     with pytest.raises(ValueError, match=r"doc\d\d\.txt: tokenizer produced ids outside"):
         prepare([corpus], tmp_path / "s", Wide(), workers=2, chunk_chars=100)
     assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.*"))
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(tmp_path, tokenizer, make_corpus):
+    """A worker killed mid-chunk (as by the OOM killer): a WorkerDied naming the fix, the old
+    store untouched and no partial folder left (multiprocessing.Pool waited for it forever)."""
+    import os
+    import signal
+
+    from blankfill.data.encode import WorkerDied
+
+    corpus = make_corpus(tmp_path, n_docs=6)
+    prepare([corpus], tmp_path / "s", tokenizer)
+    before = (tmp_path / "s" / "manifest.json").read_text()
+    parent = os.getpid()
+
+    class Killed(type(tokenizer)):
+        def encode_batch(self, texts):
+            if os.getpid() != parent and any("A list" in t[:200] for t in texts):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return [self.encode(t) for t in texts]
+
+    with pytest.raises(WorkerDied, match=r"worker process died .* fewer --workers"):
+        prepare([corpus], tmp_path / "s", Killed(), workers=2, chunk_chars=100, overwrite=True)
+    assert (tmp_path / "s" / "manifest.json").read_text() == before
+    assert not list(tmp_path.glob(".s.*"))

@@ -8,6 +8,8 @@ sentence ends. With ``workers > 1`` the chunks go to a pool of forked processes,
 do not oversubscribe the cores); results come back in input order and at most ``2 * workers``
 chunks are in flight, so memory stays bounded by a few chunks whatever the corpus size. The same
 function runs on the same chunks either way, so the store is identical for every worker count.
+A worker that dies (the OOM killer, a signal) is a ``WorkerDied`` error naming the fix, not a
+hang: the pool is ``concurrent.futures.ProcessPoolExecutor``, which notices a lost process.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -25,6 +28,10 @@ import numpy as np
 
 CHUNK_CHARS = 4_000_000  # characters per encode_batch call (parallel over the chunk's documents)
 _PARALLELISM = "TOKENIZERS_PARALLELISM"
+
+
+class WorkerDied(OSError):
+    """A ``prepare --workers N`` process ended without returning its chunk."""
 
 
 @dataclass(frozen=True)
@@ -127,19 +134,23 @@ def encoded_chunks(
     old = os.environ.get(_PARALLELISM)
     os.environ[_PARALLELISM] = "false"  # set while forking: no "forked after parallelism" warning
     try:
-        procs = ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer, table, dtype))
+        procs = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer, table, dtype)
+        )
     finally:
         if old is None:
             del os.environ[_PARALLELISM]
         else:
             os.environ[_PARALLELISM] = old
     try:
-        yield from _in_order(
-            doc_chunks, lambda c: procs.apply_async(_encode_in_worker, (c,)), 2 * workers
-        )
+        yield from _in_order(doc_chunks, lambda c: procs.submit(_encode_in_worker, c), 2 * workers)
+    except BrokenProcessPool:
+        raise WorkerDied(
+            f"a prepare worker process died (killed for memory?) with --workers {workers}; "
+            "the store at --out is unchanged: rerun with fewer --workers or more memory"
+        ) from None
     finally:
-        procs.terminate()
-        procs.join()
+        procs.shutdown(wait=True, cancel_futures=True)
 
 
 def _in_order(
@@ -158,4 +169,4 @@ def _in_order(
 
 
 def _result(handle: Any) -> EncodedChunk:
-    return handle.result() if hasattr(handle, "result") else handle.get()
+    return handle.result()
