@@ -1,5 +1,5 @@
-"""Part-B layouts after pretraining: what perplexity, cloze and decoding feed a model equals what the
-pretraining pipeline gave it (2D, 1D, sentinel), and KV-cache decoding equals the full forward."""
+"""Part-B layouts after pretraining: what perplexity, cloze and decoding feed a model equals what
+the pretraining pipeline gave it (2D, 1D, sentinel); KV-cache decoding equals the full forward."""
 
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ def test_the_layout_is_read_from_the_model_and_corrupt_configs():
     assert sent.sentinel_blanks[1:] == tuple(range(SENTINEL_START, SENTINEL_START + SENTINELS))
     with pytest.raises(ValueError, match="special ids"):
         PartBLayout.of(tiny_config(), CORRUPT["sentinel"])
+    one_d_data = PartBLayout.of(tiny_config(), CorruptConfig(block_positions=False))
+    assert one_d_data == PartBLayout(block_positions=False)  # a block table trained on 1s only
     model = GLM(tiny_config(block_position_encoding=False))
     assert model_layout(model) == PartBLayout(block_positions=False)
     assert model_layout(model, sent) is sent

@@ -46,16 +46,19 @@ class PartBLayout:
         Args:
             model: its config; ``block_position_encoding`` decides 1D or 2D.
             corrupt: its pretraining corruption; ``sentinels > 0`` places token-level spans at
-                ``context_len``.
+                ``context_len``; ``block_positions=false`` is 1D as well.
             special: the tokenizer's special ids (``special.mask``), needed with sentinels.
         """
         sentinel: tuple[int, ...] = ()
+        # A run config keeps corrupt.block_positions equal to the model's flag; a model pretrained
+        # with 1D data but a block table (block position 1 on Part B) is 1D here too.
+        block = model.block_position_encoding and (corrupt is None or corrupt.block_positions)
         if corrupt is not None and corrupt.sentinels > 0:
             if special is None:
                 raise ValueError("a sentinel layout needs the tokenizer's special ids ([MASK])")
             start = corrupt.sentinel_start
             sentinel = (int(special.mask), *range(start, start + corrupt.sentinels))
-        return cls(block_positions=model.block_position_encoding, sentinel_blanks=sentinel)
+        return cls(block_positions=block, sentinel_blanks=sentinel)
 
     def anchor(
         self,
