@@ -13,6 +13,14 @@ Per model (``eval.json`` in its run folder):
 Per model and seed (``finetune.json``): cloze fine-tuning on SST-2 (fixed subsamples: 500
 training, 300 dev sentences), CB and COPA (all of train and val); the classifier head for the masked LM (BERT's way) and, as
 the ablation, for GLM (a).
+
+Each model is evaluated and fine-tuned in its own pretraining format (``blankfill.layout``, read
+from its run config; ``part_b_layout`` in both files, and in the LM-mode column): (d) the 1D
+layout, a span's Part B at its blank's position with block position 1 (the model reads only the
+position row); (e) the blank the sentinel model was trained with for a single span: ``[MASK]``,
+opened by ``[sop]`` (sentinels ``[MASK_i]`` start at the second span of Part B), with Part B at
+position |Part A| as in its pretraining, not at the blank. The rest use GLM's 2D layout. A file
+written in another layout (older files hold none: 2D) is computed again.
 """
 
 from __future__ import annotations
@@ -39,15 +47,34 @@ FT_EPOCHS = {"sst2": 2, "cb": 5, "copa": 5}
 SST2_TRAIN, SST2_DEV = 500, 300  # the fixed SST-2 subsamples (seed 0)
 
 
-def load_run(rd: Path):
+def load_cfg(rd: Path):
+    """(checkpoint folder, its run config)."""
     from blankfill.config import RunConfig, from_dict
-    from blankfill.pretrained import load_folder_tokenizer, load_pretrained
 
     ckpt = Path(json.loads((rd / "pretrain.json").read_text())["checkpoint"])
     raw = json.loads((ckpt / "config.json").read_text())
     raw.pop("format", None)
-    cfg = from_dict(RunConfig, raw)
+    return ckpt, from_dict(RunConfig, raw)
+
+
+def load_run(rd: Path):
+    from blankfill.pretrained import load_folder_tokenizer, load_pretrained
+
+    ckpt, cfg = load_cfg(rd)
     return load_pretrained(ckpt), load_folder_tokenizer(ckpt), cfg
+
+
+def layout_name(cfg) -> str:
+    """The Part-B layout of a run: "2d", "1d", with "+sentinel" for sentinel blanks."""
+    name = "2d" if cfg.model.block_position_encoding else "1d"
+    return name + ("+sentinel" if cfg.corrupt.sentinels > 0 else "")
+
+
+def part_b_layout(cfg, tokenizer):
+    """The model's own Part-B layout (``blankfill.layout``), as it was pretrained."""
+    from blankfill.layout import PartBLayout
+
+    return PartBLayout.of(cfg.model, cfg.corrupt, tokenizer.special)
 
 
 def _with_blank(tokenizer, cfg):
@@ -154,7 +181,9 @@ def heldout_files(shared: Path, test_files: list[str], smoke: bool) -> tuple[Pat
 
 def evaluate_variant(rd: Path, letter: str, shared: Path, data_root: Path, smoke: bool) -> None:
     path = rd / "eval.json"
-    if path.is_file():
+    _, cfg = load_cfg(rd)
+    name = layout_name(cfg)
+    if path.is_file() and json.loads(path.read_text()).get("part_b_layout", "2d") == name:
         return
     from blankfill.finetune import lm
 
@@ -163,22 +192,24 @@ def evaluate_variant(rd: Path, letter: str, shared: Path, data_root: Path, smoke
     say(f"eval ({letter}) {rd.name}")
     prepared = json.loads((shared / "prepared.json").read_text())
     text_path, lw_path = heldout_files(shared, prepared["files"]["test"], smoke)
-    out: dict = {"variant": letter, "infill": infill(model, cfg, shared, 2 if smoke else 40)}
+    out: dict = {"variant": letter, "part_b_layout": name,
+                 "infill": infill(model, cfg, shared, 2 if smoke else 40)}  # fmt: skip
+    layout = part_b_layout(cfg, tokenizer)
     kind = cfg.corrupt.objective
     if kind == "masked_lm":
         out["generation"] = "n/a: a masked LM has no left-to-right generation"
     else:
         uni = kind == "causal_lm"
         tok, blank = (tokenizer, "causal") if uni else _with_blank(tokenizer, cfg)
-        out["lm_mode"] = blank
+        out["lm_mode"] = blank if uni or name == "2d" else f"{blank}, {name} layout"
         limit = 4 if smoke else 200
-        out["ppl_heldout"] = lm.perplexity(model, tok, text_path, stride=64, max_seq_len=128,
-                                           unidirectional=uni, limit=limit)  # fmt: skip
+        ppl = dict(stride=64, max_seq_len=128, unidirectional=uni, limit=limit, layout=layout)
+        out["ppl_heldout"] = lm.perplexity(model, tok, text_path, **ppl)
         wt2 = data_root / "benchmarks" / "wikitext-2" / "valid.txt"
         if wt2.is_file():
-            out["ppl_wikitext2"] = lm.perplexity(model, tok, wt2, stride=64, max_seq_len=128,
-                                                 unidirectional=uni, limit=limit)  # fmt: skip
-        out["lastword"] = lm.lambada(model, tok, lw_path, unidirectional=uni, max_seq_len=128)
+            out["ppl_wikitext2"] = lm.perplexity(model, tok, wt2, **ppl)
+        out["lastword"] = lm.lambada(model, tok, lw_path, unidirectional=uni, max_seq_len=128,
+                                     layout=layout)  # fmt: skip
     out["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(path, out)
 
@@ -203,7 +234,10 @@ def finetune_variant(rd: Path, letter: str, data_root: Path, smoke: bool, *, see
     from blankfill.finetune.runner import finetune_cloze
     from blankfill.finetune.tasks import get_task
 
-    _, _, cfg = load_run(rd)
+    _, cfg = load_cfg(rd)
+    if done.get("part_b_layout", "2d") != layout_name(cfg):
+        done = {}  # fine-tuned in another layout than the model's own: again
+    done["part_b_layout"] = layout_name(cfg)
     kind = cfg.corrupt.objective
     if kind == "causal_lm":
         jobs = []  # the paper compares GLM with GPT on generation only
@@ -229,7 +263,8 @@ def finetune_variant(rd: Path, letter: str, data_root: Path, smoke: bool, *, see
             ])  # fmt: skip
             torch.manual_seed(seed)
             t0 = time.perf_counter()
-            res = finetune_cloze(model, tokenizer, task, train, valid, ft)
+            res = finetune_cloze(model, tokenizer, task, train, valid, ft,
+                                 layout=part_b_layout(cfg, tokenizer))  # fmt: skip
             hist = res["history"]
             done[key] = {"best": res["best"], "best_epoch": res["best_epoch"],
                          "last": {k: v for k, v in hist[-1].items() if k not in ("step",)},

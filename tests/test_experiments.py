@@ -87,3 +87,23 @@ def test_short_span_exact_match():
     sel = torch.tensor([[0, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 0]], dtype=torch.bool)
     labels, ok = torch.tensor([20, 21, 22, 23, 24]), torch.tensor([1, 0, 1, 1, 1], dtype=torch.bool)
     assert evaluation.short_span_matches(sel, labels, ok, eop=EOP, in_place=True) == (3, 2)
+
+
+def test_each_variant_is_evaluated_in_its_own_pretraining_layout(tmp_path):
+    """(d) the 1D layout, (e) the sentinel layout ([MASK] at |Part A|), the rest 2D."""
+    import evaluation  # experiments/evaluation.py
+
+    from blankfill.layout import PartBLayout
+    from blankfill.tokenizer import SpecialTokens
+
+    sp = SpecialTokens(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7, sep=8, unk=9)
+    tok = type("Tok", (), {"special": sp})()
+    names, layouts = {}, {}
+    for k in experiments.VARIANTS:
+        cfg = load_config(RunConfig, experiments.BASE,
+                          experiments.base_overrides(tmp_path, k, 50, 4000))  # fmt: skip
+        names[k], layouts[k] = evaluation.layout_name(cfg), evaluation.part_b_layout(cfg, tok)
+    assert names == {**dict.fromkeys("abcfg", "2d"), "d": "1d", "e": "2d+sentinel"}
+    assert layouts["a"] == PartBLayout() and layouts["d"] == PartBLayout(block_positions=False)
+    assert layouts["e"].block_positions and layouts["e"].sentinel_blanks[0] == sp.mask
+    assert layouts["e"].sentinel_blanks[1] == 4000  # [MASK_1] = sentinel_start

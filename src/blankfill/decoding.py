@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .config import DecodingConfig, from_dict
+from .layout import PartBLayout
 from .model import GLM, KVCache, build_attention_mask
 
 DEFAULT_MAX_NEW_TOKENS = 64  # per blank, when decoding.max_new_tokens is None
@@ -102,8 +103,10 @@ def decoding_layout_(model: GLM) -> GLM:
 class _Decoder:
     """Holds the cache and the key-validity mask of one ``generate`` call."""
 
-    def __init__(self, model: GLM, ids: InfillIds, cfg: DecodingConfig, capacity: int) -> None:
-        self.model, self.ids, self.cfg = model, ids, cfg
+    def __init__(
+        self, model: GLM, ids: InfillIds, cfg: DecodingConfig, capacity: int, layout: PartBLayout
+    ) -> None:
+        self.model, self.ids, self.cfg, self.layout = model, ids, cfg, layout
         self.device = model.word_embeddings.weight.device
         self.cache: KVCache = model.new_kv_cache(capacity)
         self.valid: torch.Tensor | None = None  # [N, capacity] bool: key slot holds a real token
@@ -114,17 +117,19 @@ class _Decoder:
             self.bias = torch.zeros(model.config.vocab_size, device=self.device)
             self.bias[list(ids.banned)] = float("-inf")
 
-    def prefill(self, prompts: list[list[int]], first_blank: list[int]) -> torch.Tensor:
-        """Encode Part A of every row plus the first [sop]; logits [B, V] after that [sop]."""
+    def prefill(self, prompts: list[list[int]], anchor: torch.Tensor) -> torch.Tensor:
+        """Encode Part A of every row plus the first [sop] (its span at ``anchor`` [B], from
+        ``PartBLayout.anchor``); logits [B, V] after that [sop]."""
         B, lens = len(prompts), [len(p) for p in prompts]
         T = max(lens) + 1
         tokens = torch.full((B, T), self.ids.pad, dtype=torch.long)
         pos = torch.zeros(B, 2, T, dtype=torch.long)
+        sop_pos = self.layout.positions(anchor.cpu(), 1)[:, :, 0]  # [B, 2]
         for b, p in enumerate(prompts):
             tokens[b, : lens[b]] = torch.tensor(p)
             tokens[b, lens[b]] = self.ids.sop
             pos[b, 0, : lens[b]] = torch.arange(lens[b])
-            pos[b, :, lens[b]] = torch.tensor([first_blank[b], 1])
+            pos[b, :, lens[b]] = sop_pos[b]
         lens_t = torch.tensor(lens, device=self.device)
         self.valid = torch.ones(B, self.cache.capacity, dtype=torch.bool, device=self.device)
         self.valid[:, :T] = torch.arange(T, device=self.device) <= lens_t[:, None]
@@ -186,10 +191,3 @@ class _Decoder:
         for f in procs:
             logits = f(logits, fill, self.cfg, self.stop)
         return logits
-
-
-def _span_positions(blank_pos: torch.Tensor, n: int) -> torch.Tensor:
-    """Position ids [N, 2, n] of a span's tokens: (the blank's index, block positions 1..n)."""
-    N = blank_pos.shape[0]
-    block = torch.arange(1, n + 1, device=blank_pos.device).expand(N, n)
-    return torch.stack([blank_pos[:, None].expand(N, n), block], 1)

@@ -10,6 +10,9 @@ Semantics (the official ``generate_samples.py``): Part A is encoded once with ``
 |Part A|``. Each blank, left to right, is decoded as a span of Part B: [sop] at (position ``m_j``,
 block position 1), then every generated token at (``m_j``, 2, 3, ...) until [eop] (or another stop
 id). Fills stay in the cache, so a later blank sees the earlier fills; [eop] itself is never fed.
+A model pretrained with another layout decodes in it (``blankfill.layout``, read from the model's
+config or given as ``layout``): 1D, block position 1 throughout; sentinel, a [MASK] span at
+position |Part A|.
 
 Batching: prompts are right-padded; padded key slots are tracked in ``valid`` [N, capacity] and
 hidden from queries with an explicit mask. A batch without padding decodes with no mask at all.
@@ -38,11 +41,11 @@ from .decoding import (
     Fill,
     InfillIds,
     _Decoder,
-    _span_positions,
     decoding_config,
     decoding_layout_,
 )
 from .filters import active_filters
+from .layout import PartBLayout, model_layout
 from .model import GLM
 
 
@@ -50,12 +53,14 @@ def _sample_round(
     dec: _Decoder,
     logits: torch.Tensor,
     blank_pos: torch.Tensor,
+    anchor: torch.Tensor,
     active: torch.Tensor,
     later: torch.Tensor,
     generator: torch.Generator | None,
     on_token: Callable[[int, list[int]], None] | None,
 ) -> list[Fill | None]:
-    """Greedy or sampled decoding of one blank for every active row (logits [B, V] after [sop])."""
+    """Greedy or sampled decoding of one blank for every active row (logits [B, V] after [sop];
+    ``anchor`` [B]: the span's position, ``PartBLayout.anchor``)."""
     cfg, pad = dec.cfg, dec.ids.pad
     procs, warps = active_filters(cfg)
     B, M = logits.shape[0], cfg.max_new_tokens
@@ -64,7 +69,7 @@ def _sample_round(
     finished, ended = ~active, torch.zeros_like(active)
     count = torch.zeros(B, dtype=torch.long, device=dec.device)  # fill tokens per row
     end_lp = torch.zeros(B, device=dec.device)
-    pos = _span_positions(blank_pos, M + 1)  # [B, 2, M + 1]; token t of the fill has block t + 2
+    pos = dec.layout.positions(anchor, M + 1)  # [B, 2, M + 1]; fill token t: column t + 1
     for t in range(M):
         scores = dec.scores(logits, gen[:, :t], procs)
         if cfg.strategy == "greedy":
@@ -137,6 +142,7 @@ def _beam_round(
     dec: _Decoder,
     logits: torch.Tensor,
     blank_pos: torch.Tensor,
+    anchor: torch.Tensor,
     active: torch.Tensor,
 ) -> list[Fill | None]:
     """Beam search over one blank for every active row (logits [B, V] after [sop])."""
@@ -146,7 +152,7 @@ def _beam_round(
     stop = set(dec.ids.stop_ids)
     expand = torch.arange(B, device=dec.device).repeat_interleave(K)  # [B*K]
     dec.select_rows(expand)
-    logits, beam_pos = logits[expand], blank_pos[expand]  # [B*K, V], [B*K]
+    logits, beam_anchor = logits[expand], anchor[expand]  # [B*K, V], [B*K]
     scores = torch.zeros(B, K, device=dec.device)
     scores[:, 1:] = float("-inf")  # all beams start equal: expand only the first
     scores = scores.view(-1)
@@ -154,7 +160,7 @@ def _beam_round(
     logps = torch.zeros(B * K, 0, device=dec.device)
     hyps = [_Hypotheses(K, cfg.length_penalty) for _ in range(B)]
     done = [not a for a in active.tolist()]
-    pos = _span_positions(beam_pos, cfg.max_new_tokens)  # [B*K, 2, M]
+    pos = dec.layout.positions(beam_anchor, cfg.max_new_tokens)  # [B*K, 2, M]
     for t in range(cfg.max_new_tokens):
         raw = logits.float().log_softmax(-1)  # [B*K, V]
         cand = dec.scores(raw, tokens, procs) + scores[:, None]
@@ -212,15 +218,13 @@ def _beam_round(
 
 def _check(model: GLM, prompts: list[list[int]], ids: InfillIds, cfg: DecodingConfig) -> None:
     mc = model.config
-    if not mc.block_position_encoding:
-        raise ValueError("blank filling needs a model with 2D positions (block_position_encoding)")
     V, limit = mc.vocab_size, mc.max_sequence_length
     for name in ("sop", "eop", "pad"):
         if not 0 <= getattr(ids, name) < V:
             raise ValueError(
                 f"special id {name}={getattr(ids, name)} is outside the model's {V} rows"
             )
-    if cfg.max_new_tokens >= limit:
+    if cfg.max_new_tokens >= limit and mc.block_position_encoding:
         raise ValueError(
             f"decoding.max_new_tokens={cfg.max_new_tokens} needs block positions beyond the "
             f"model's max_sequence_length {limit}; use at most {limit - 1}"
@@ -248,6 +252,7 @@ def generate(
     ids: InfillIds,
     decoding: DecodingConfig | None = None,
     on_token: Callable[[int, int, list[int]], None] | None = None,
+    layout: PartBLayout | None = None,
     **overrides: Any,
 ) -> list[list[Fill]]:
     """Fill every blank of every prompt, left to right (spec §4.4).
@@ -259,6 +264,8 @@ def generate(
         decoding: the settings; ``overrides`` replace its fields (``max_new_tokens=8``, ...).
         on_token: called as ``on_token(prompt, blank, token_ids)`` as tokens are chosen (greedy and
             sampling: one token at a time; beam search: the whole fill once it is decided).
+        layout: where Part B sits (``blankfill.layout``); default: the model's own, from its
+            config (2D: each span at its blank, block positions 1, 2, ...; 1D: block position 1).
 
     Returns:
         For each prompt, one ``Fill`` per blank, left to right.
@@ -276,26 +283,37 @@ def generate(
     blanks = [[i for i, t in enumerate(p) if t in blank_set] for p in prompts]
     B, R = len(prompts), max(len(bl) for bl in blanks)
     capacity = max(map(len, prompts)) + 1 + R * (cfg.max_new_tokens + 2)
-    dec = _Decoder(model, ids, cfg, capacity)
+    layout = model_layout(model, layout)
+    dec = _Decoder(model, ids, cfg, capacity, layout)
+    context_len = torch.tensor([len(p) for p in prompts], device=dec.device)  # [B]
+
+    def round_anchor(r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(blank index [B], its span's position [B]) of round r (0 for rows without one)."""
+        at = [bl[r] if len(bl) > r else 0 for bl in blanks]
+        blank_pos = torch.tensor(at, device=dec.device)
+        blank_id = torch.tensor([p[i] for p, i in zip(prompts, at, strict=True)], device=dec.device)
+        return blank_pos, layout.anchor(blank_pos, context_len, blank_id)
+
     generator = None
     if cfg.strategy == "sample" and cfg.seed is not None:
         generator = torch.Generator(dec.device).manual_seed(cfg.seed)
     beam = cfg.strategy == "beam"
     fills: list[list[Fill]] = [[] for _ in range(B)]
-    logits = dec.prefill(prompts, [bl[0] for bl in blanks])
+    logits = dec.prefill(prompts, round_anchor(0)[1])
     for r in range(R):
         active = torch.tensor([len(bl) > r for bl in blanks], device=dec.device)
         later = torch.tensor([len(bl) > r + 1 for bl in blanks], device=dec.device)
-        blank_pos = torch.tensor([bl[r] if len(bl) > r else 0 for bl in blanks], device=dec.device)
-        if r > 0:  # open the span: [sop] at (the blank's index, block position 1)
+        blank_pos, anchor = round_anchor(r)
+        if r > 0:  # open the span: [sop] at (the span's position, block position 1)
             sop = torch.where(active, ids.sop, ids.pad)
-            logits = dec.step(sop, _span_positions(blank_pos, 1), None)
+            logits = dec.step(sop, layout.positions(anchor, 1), None)
         start = dec.cache.length
         if beam:
-            round_fills = _beam_round(dec, logits, blank_pos, active)
+            round_fills = _beam_round(dec, logits, blank_pos, anchor, active)
         else:
             stream = None if on_token is None else (lambda b, toks, r=r: on_token(b, r, toks))
-            round_fills = _sample_round(dec, logits, blank_pos, active, later, generator, stream)
+            round_fills = _sample_round(dec, logits, blank_pos, anchor, active, later, generator,
+                                        stream)  # fmt: skip
         for b, f in enumerate(round_fills):
             if f is not None:
                 fills[b].append(dataclasses.replace(f, blank=r))
@@ -313,7 +331,7 @@ def generate(
                     if f is not None and later[b]:
                         toks[b, : len(f.token_ids)] = torch.tensor(f.token_ids)
                         valid[b, : len(f.token_ids)] = True
-                dec.feed(toks, _span_positions(blank_pos, n + 1)[:, :, 1:], valid)
+                dec.feed(toks, layout.positions(anchor, n + 1)[:, :, 1:], valid)
     return fills
 
 

@@ -45,6 +45,7 @@ from .finetune.cloze import ClozeInput, collate, to_device
 from .finetune.lm import _score_rows, sliding_windows
 from .folder import load_model_and_tokenizer
 from .generate import InfillIds, generate
+from .layout import model_layout
 from .model import GLM
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,8 @@ class BlankfillLM(LM):
         sp, device = self.tok.special, self.glm.word_embeddings.weight.device
         for b in range(0, len(rows), self.batch_size):
             chunk = rows[b : b + self.batch_size]
-            batch = to_device(collate([x for _, x in chunk], sp.sop, sp.pad, False), device)
+            xs = [x for _, x in chunk]
+            batch = to_device(collate(xs, sp.sop, sp.pad, False, model_layout(self.glm)), device)
             h = self.glm.hidden(
                 batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask
             )

@@ -2,7 +2,8 @@
 
 Input of a record: Part A = ``[CLS] pattern(x) [eos]`` with one ``[MASK]``. Part B holds one
 *segment* per candidate answer, ``[sop] a_1 .. a_n`` with targets ``a_1 .. a_n [eop]``, every token
-at the mask's position and block positions 1..n+1. All candidates of a record share one row and
+at the mask's position and block positions 1..n+1 (or as the model was pretrained: 1D, sentinel;
+``blankfill.layout``). All candidates of a record share one row and
 one Part A: the attention mask is block-diagonal (Part A sees Part A; a segment sees Part A and
 itself causally, never another segment), so Part A is encoded once per record and the score of a
 candidate equals that of a separate ``[Part A, segment]`` sequence (tested against brute force).
@@ -25,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layout import PartBLayout
 from .tasks import BLANK, ClozeTask, Cut
+
+TWO_D = PartBLayout()  # GLM's own layout (2D positions, one [MASK])
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +131,37 @@ def encode_record(
     )  # fmt: skip
 
 
-def collate(inputs: Sequence[ClozeInput], sop: int, pad: int, single_token: bool) -> ClozeBatch:
-    """Pad encoded records into one ``ClozeBatch`` (one row per record, candidates side by side)."""
+def collate(
+    inputs: Sequence[ClozeInput],
+    sop: int,
+    pad: int,
+    single_token: bool,
+    layout: PartBLayout = TWO_D,
+) -> ClozeBatch:
+    """Pad encoded records into one ``ClozeBatch`` (one row per record, candidates side by side).
+
+    ``layout``: the model's Part-B position rule (``blankfill.layout``; default 2D)."""
+    pieces = [[sop] if single_token else [sop, *ans[:-1]] for x in inputs for ans in x.answers]
+    owner = [b for b, x in enumerate(inputs) for _ in x.answers]  # [N] record of each segment
+    blank = torch.tensor([inputs[b].mask_pos for b in owner], dtype=torch.long)  # [N]
+    anchor = layout.anchor(
+        blank,
+        torch.tensor([len(inputs[b].part_a) for b in owner], dtype=torch.long),
+        torch.tensor([inputs[b].part_a[inputs[b].mask_pos] for b in owner], dtype=torch.long),
+    )
+    seg_pos = layout.positions(anchor, max(map(len, pieces), default=1)).tolist()  # [N][2][n]
     rows, pos, blk, seg, tgt, cand, sops = [], [], [], [], [], [], []
+    k_all = 0
     for x in inputs:
         ids, p, b = list(x.part_a), list(range(len(x.part_a))), [0] * len(x.part_a)
         s, t, c, starts = [0] * len(ids), [-100] * len(ids), [-1] * len(ids), []
         for k, ans in enumerate(x.answers):
-            piece = [sop] if single_token else [sop, *ans[:-1]]
+            piece, (p_k, b_k) = pieces[k_all], seg_pos[k_all]
+            k_all += 1
             starts.append(len(ids))
             ids += piece
-            p += [x.mask_pos] * len(piece)
-            b += list(range(1, len(piece) + 1))
+            p += p_k[: len(piece)]
+            b += b_k[: len(piece)]
             s += [k + 1] * len(piece)
             t += [-100] if single_token else list(ans)
             c += [k] * len(piece)
@@ -248,11 +271,13 @@ def score_all(
     progress: Callable[[int], None] | None = None,
     run: Callable | None = None,
     device: torch.device | str | None = None,
+    layout: PartBLayout = TWO_D,
 ) -> list[list[float]]:
     """Scores of every record's candidates, in order (model in eval mode during the call).
 
     ``run(fn, batch)`` computes ``fn(glm, head, batch)`` (the training engine's wrapped module,
-    ``EvalContext.run``); by default ``model`` and ``head`` are called directly."""
+    ``EvalContext.run``); by default ``model`` and ``head`` are called directly. ``layout``: the
+    model's Part-B positions (``blankfill.layout.model_layout``)."""
     if run is None:
         was_training = model.training
         model.eval()
@@ -262,7 +287,7 @@ def score_all(
             return score_all(model, inputs, sop=sop, pad=pad, single_token=single_token,
                              batch_size=batch_size, length_penalty=length_penalty,
                              progress=progress, device=next(model.parameters()).device,
-                             run=lambda fn, b: fn(model, head, b))  # fmt: skip
+                             run=lambda fn, b: fn(model, head, b), layout=layout)  # fmt: skip
         finally:
             model.train(was_training)
             if head is not None:
@@ -276,7 +301,8 @@ def score_all(
     by_index: dict[int, list[float]] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = to_device(collate([inputs[i] for i in idx], sop, pad, single_token), device)
+        batch = to_device(collate([inputs[i] for i in idx], sop, pad, single_token, layout),
+                          device)  # fmt: skip
         s = run(scores_of, batch).float().cpu()
         for row, i in enumerate(idx):
             by_index[i] = s[row, : len(inputs[i].answers)].tolist()

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..layout import PartBLayout, model_layout
 from .cloze import ClozeInput, collate, to_device
 from .readers import read_utf8
 
@@ -46,11 +47,13 @@ def _score_rows(
     tokenizer,
     unidirectional: bool,
     blank_from_end: int = 1,
+    layout: PartBLayout | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: (sum of target log-probs, all targets argmax-correct).
 
     Rows are (context, targets). Bidirectional: the context is Part A and its blank is the token
-    ``blank_from_end`` from its end; the targets form Part B at the blank's position.
+    ``blank_from_end`` from its end; the targets form Part B, placed as ``layout`` says (default:
+    the model's own, from its config; 2D: at the blank's position).
     """
     device = next(model.parameters()).device
     sp = tokenizer.special
@@ -65,7 +68,8 @@ def _score_rows(
     else:
         xs = [ClozeInput(part_a=tuple(ctx), mask_pos=len(ctx) - blank_from_end, answers=(tuple(tgt),), target=0)
               for ctx, tgt in inputs]  # fmt: skip
-        batch = to_device(collate(xs, sp.sop, sp.pad, single_token=False), device)
+        batch = collate(xs, sp.sop, sp.pad, single_token=False, layout=model_layout(model, layout))
+        batch = to_device(batch, device)
         h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask)
         targets = batch.targets
     sel = targets != -100  # [B, T]
@@ -90,8 +94,11 @@ def lambada(
     max_seq_len: int | None = None,
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
+    layout: PartBLayout | None = None,
 ) -> dict:
-    """LAMBADA accuracy (and last-word perplexity) from the ``{"text": ...}`` jsonl."""
+    """LAMBADA accuracy (and last-word perplexity) from the ``{"text": ...}`` jsonl.
+
+    ``layout``: Part-B positions (``blankfill.layout``); default: the model's, from its config."""
     check_at_least(batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 8), limit=(limit, 1))
     model.eval()
     max_len = min(max_seq_len or 512, model.config.max_sequence_length)
@@ -124,7 +131,7 @@ def lambada(
         if not unidirectional:
             # the blank is Part A's last-but-one token; [eos] closes Part A (spec §4.3)
             rows = [(ctx + [sp.eos], tgt) for ctx, tgt in rows]
-        total, ok = _score_rows(model, rows, tokenizer, unidirectional, blank_from_end=2)
+        total, ok = _score_rows(model, rows, tokenizer, unidirectional, 2, layout)
         correct += int(ok.sum())
         logp += float(total.sum())
         tokens += sum(len(t) for _, t in rows)
@@ -168,8 +175,11 @@ def perplexity(
     batch_size: int = 8,
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
+    layout: PartBLayout | None = None,
 ) -> dict:
-    """Sliding-window perplexity of a text file (token level, and the adjusted word level)."""
+    """Sliding-window perplexity of a text file (token level, and the adjusted word level).
+
+    ``layout``: Part-B positions (``blankfill.layout``); default: the model's, from its config."""
     check_at_least(stride=(stride, 1), batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 4))
     model.eval()
     path = Path(path)
@@ -186,7 +196,7 @@ def perplexity(
         rows = windows[b : b + batch_size]
         if not unidirectional:
             rows = [(ctx + [_blank_id(tokenizer)], tgt) for ctx, tgt in rows]
-        total, _ = _score_rows(model, rows, tokenizer, unidirectional)
+        total, _ = _score_rows(model, rows, tokenizer, unidirectional, 1, layout)
         logp += float(total.sum())
         tokens += sum(len(t) for _, t in rows)
         if progress is not None:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from ..config import FinetuneRunConfig
 from ..device import resolve_device
 from ..eval import cloze_metrics
+from ..layout import PartBLayout, model_layout
 from ..train.distributed import DistInfo
 from .cloze import (
     ClassifierHead,
@@ -89,11 +90,13 @@ def evaluate_cloze(
     head: ClassifierHead | None = None,
     progress: Callable[[int], None] | None = None,
     context: EvalContext | None = None,
+    layout: PartBLayout | None = None,
 ) -> dict[str, Any]:
     """Score every record and return the task's metrics (zero-shot or fine-tuned model).
 
     ``context`` (inside fine-tuning): each rank scores its share of the records through the
-    training engine and the scores are gathered, so every rank returns the same metrics."""
+    training engine and the scores are gathered, so every rank returns the same metrics.
+    ``layout``: the model's Part-B positions (default: read from ``model.config``)."""
     require_labels(task, records)
     check_at_least(batch_size=(batch_size, 1), max_seq_len=(max_seq_len, 8))
     pid = task.pattern_id if pattern_id is None else pattern_id
@@ -103,15 +106,16 @@ def evaluate_cloze(
     xs = [encode_record(task, r, tokenizer, pattern_id=pid, max_seq_len=max_len, single_token=single)
           for r in records]  # fmt: skip
     sp = tokenizer.special
+    layout = model_layout(model, layout)
     ctx = context or local_context(model, head)
     if context is None:
         scores = score_all(model, xs, sop=sp.sop, pad=sp.pad, single_token=single,
                            batch_size=batch_size, length_penalty=length_penalty, head=head,
-                           progress=progress)  # fmt: skip
+                           progress=progress, layout=layout)  # fmt: skip
     else:
         mine = score_all(None, ctx.shard(xs), sop=sp.sop, pad=sp.pad, single_token=single,
                          batch_size=batch_size, length_penalty=length_penalty, progress=progress,
-                         run=ctx.run, device=ctx.device)  # fmt: skip
+                         run=ctx.run, device=ctx.device, layout=layout)  # fmt: skip
         scores = ctx.gather(mine, len(xs))
     return {**cloze_metrics(task, records, scores), "examples": len(records)}
 
@@ -127,11 +131,12 @@ def finetune_cloze(
     out_dir=None,
     on_step: Callable[[dict], None] | None = None,
     info: DistInfo | None = None,
+    layout: PartBLayout | None = None,
 ) -> dict[str, Any]:
     """Fine-tune on a cloze task (or with the classifier head, ``finetune.head="classifier"``).
 
     ``info``: this process under torchrun (the caller joined the process group); one process
-    when None."""
+    when None. ``layout``: the model's Part-B positions (default: read from ``model.config``)."""
     require_labels(task, valid_records, "validation data")
     info = info or DistInfo()
     s = cloze_settings(task, cfg, model)
@@ -150,9 +155,10 @@ def finetune_cloze(
                 for r in train_records]  # fmt: skip
     train_xs = [x for x in train_xs if x.target >= 0]  # e.g. WSC trains on its true examples
     sp = tokenizer.special
+    layout = model_layout(model, layout)
 
     def loss(glm, head_, items) -> torch.Tensor:
-        batch = to_device(collate(items, sp.sop, sp.pad, single), device)
+        batch = to_device(collate(items, sp.sop, sp.pad, single, layout), device)
         scores = score(glm, batch, single_token=single,
                        length_penalty=cfg.finetune.length_penalty, head=head_)  # fmt: skip
         return F.cross_entropy(scores, batch.target, ignore_index=-1, reduction="sum")
@@ -161,7 +167,7 @@ def finetune_cloze(
         out = evaluate_cloze(model, tokenizer, task, valid_records, pattern_id=s["pattern_id"],
                              max_seq_len=s["max_seq_len"], batch_size=cfg.finetune.eval_batch_size,
                              length_penalty=cfg.finetune.length_penalty, head=head,
-                             context=ctx)  # fmt: skip
+                             context=ctx, layout=layout)  # fmt: skip
         out.pop("examples")
         return out
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..config import FinetuneRunConfig
 from ..device import resolve_device
+from ..layout import PartBLayout, model_layout
 from ..train.distributed import DistInfo
 from .cloze import ClozeInput, collate, to_device
 from .lm import check_at_least
@@ -93,9 +94,11 @@ def finetune_seq2seq(
     out_dir=None,
     on_step: Callable[[dict], None] | None = None,
     info: DistInfo | None = None,
+    layout: PartBLayout | None = None,
 ) -> dict[str, Any]:
     """Fine-tune on (source, target) pairs; each epoch reports the validation loss and
-    teacher-forced token accuracy (the best checkpoint is chosen by the accuracy)."""
+    teacher-forced token accuracy (the best checkpoint is chosen by the accuracy). ``layout``:
+    the model's Part-B positions (default: read from ``model.config``)."""
     require_pairs(valid_pairs, "validation data")
     ft = cfg.finetune
     info = info or DistInfo()
@@ -107,11 +110,12 @@ def finetune_seq2seq(
         log.info("finetune.max_target_len=%d is capped to %d by the model", ft.max_target_len,
                  rows - 1)  # fmt: skip
     sp = tokenizer.special
+    layout = model_layout(model, layout)
     train_xs = [encode_pair(tokenizer, s, t, src_len, tgt_len) for s, t in train_pairs]
     valid_xs = [encode_pair(tokenizer, s, t, src_len, tgt_len) for s, t in valid_pairs]
 
     def loss(glm, head, items) -> torch.Tensor:
-        batch = to_device(collate(items, sp.sop, sp.pad, single_token=False), device)
+        batch = to_device(collate(items, sp.sop, sp.pad, False, layout), device)
         return seq2seq_loss(glm, batch, ft.label_smoothing, reduction="sum")[0]
 
     def evaluate(ctx: EvalContext) -> dict[str, float]:
@@ -120,7 +124,7 @@ def finetune_seq2seq(
         mine = ctx.shard(valid_xs)
         for i in range(0, len(mine), ft.eval_batch_size):
             batch = to_device(collate(mine[i : i + ft.eval_batch_size], sp.sop, sp.pad,
-                                      single_token=False), device)  # fmt: skip
+                                      False, layout), device)  # fmt: skip
             value, ok = ctx.run(lambda glm, head, b: seq2seq_loss(glm, b, 0.0, "sum"), batch)
             sums += torch.stack([value.double(), ok.double(), (batch.targets != -100).sum()])
         total, correct, count = ctx.sum(sums).tolist()
@@ -173,9 +177,12 @@ def evaluate_seq2seq(
     *,
     max_seq_len: int | None = None,
     batch_size: int = 8,
+    layout: PartBLayout | None = None,
     **decoding: Any,
 ) -> dict[str, Any]:
-    """Generate each target (default: beam search, 5 beams, no-repeat 3-grams) and score ROUGE."""
+    """Generate each target (default: beam search, 5 beams, no-repeat 3-grams) and score ROUGE.
+
+    ``layout``: the model's Part-B positions (default: read from ``model.config``)."""
     from ..generate import InfillIds, generate
 
     require_pairs(pairs)
@@ -188,7 +195,7 @@ def evaluate_seq2seq(
     predictions = []
     for i in range(0, len(pairs), batch_size):
         prompts = [encode_source(tokenizer, s, src_len) for s, _ in pairs[i : i + batch_size]]
-        for fills in generate(model, prompts, ids=ids, **settings):
+        for fills in generate(model, prompts, ids=ids, layout=layout, **settings):
             predictions.append(tokenizer.decode(list(fills[0].token_ids), skip_special_tokens=True))
     return {**rouge(predictions, [t for _, t in pairs]), "examples": len(pairs),
             "decoding": settings, "predictions": predictions[:5]}  # fmt: skip
