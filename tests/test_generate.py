@@ -403,5 +403,7 @@ def test_auto_decoding_precision_needs_native_bf16():
     none = choose_decoding_precision(cpu, flags=frozenset({"avx2"}))
     assert none.precision == "fp32" and "no native bf16" in none.reason
     has = choose_decoding_precision(cpu, measure=False, flags=frozenset({"avx512_bf16"}))
-    assert has.precision == "int8" and "avx512_bf16" in has.reason
+    assert has.precision == "bf16" and "avx512_bf16" in has.reason
+    measured = choose_decoding_precision(cpu, flags=frozenset({"amx_bf16"}))
+    assert measured.precision in ("fp32", "bf16") and "bf16 decoding matmul" in measured.reason
     assert choose_decoding_precision(torch.device("meta")).precision == "fp32"
