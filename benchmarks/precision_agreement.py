@@ -47,6 +47,11 @@ def held_out_prompts(n: int, words: int, seed: int = 0) -> list[str]:
     return out
 
 
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model folder or a pretraining run")
@@ -81,10 +86,7 @@ def main() -> None:
         decode(filler.model)  # warm-up (packing)
         fills, cpu = decode(filler.model)
         tokens = sum(len(a) for a in reference)
-        same_tokens = sum(
-            next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            for a, b in zip(reference, fills, strict=True)
-        )
+        same_tokens = sum(map(_common_prefix, reference, fills))
         record = {
             "precision": p,
             "fills_equal": f"{sum(map(tuple.__eq__, reference, fills))}/{len(reference)}",

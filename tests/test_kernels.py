@@ -53,9 +53,9 @@ def test_packed_model_keeps_state_dict_and_logits_and_copies():
     model = GLM(tiny_config()).eval()
     packed = decoding_kernels_(copy.deepcopy(model))
     assert isinstance(packed.word_embeddings, PackedEmbedding)
-    assert all(
-        type(m) is not nn.Linear for m in packed.transformer.layers.modules()
-    ), "every Linear of the blocks is packed"
+    assert all(type(m) is not nn.Linear for m in packed.transformer.layers.modules()), (
+        "every Linear of the blocks is packed"
+    )
     assert list(packed.state_dict()) == list(model.state_dict())
     ids = torch.randint(10, 300, (2, 12))
     with torch.no_grad():

@@ -211,9 +211,7 @@ def choose_decoding_precision(
     measured = f"CPU has {', '.join(native)}; bf16 decoding matmul {ratio:.2f}x fp32"
     if ratio >= CPU_BF16_DECODE_MIN_SPEEDUP:
         return PrecisionChoice("bf16", measured)
-    return PrecisionChoice(
-        "fp32", f"{measured}, below the {CPU_BF16_DECODE_MIN_SPEEDUP}x needed"
-    )
+    return PrecisionChoice("fp32", f"{measured}, below the {CPU_BF16_DECODE_MIN_SPEEDUP}x needed")
 
 
 def decoding_kernels(device: torch.device) -> str:
