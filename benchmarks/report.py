@@ -107,8 +107,10 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
     if gens:
         lines += ["## Decoding vs HF generate (glm-small, greedy, one thread)", "",
                   _when(results, "generate"), "",
-                  "HF runs in fp32; the blankfill precisions are `blankfill.quantize` (bf16 and int8 "
-                  "can change fills: the last column counts greedy fills equal to fp32's).", "",
+                  "HF runs in fp32 with PyTorch's default CPU matmuls; blankfill's run on "
+                  "oneDNN-packed weights (`blankfill.kernels`), in the precisions of "
+                  "`blankfill.quantize` (bf16 and int8 can change fills: the last column counts "
+                  "greedy fills equal to fp32's).", "",
                   "| batch | precision | blankfill tokens/s | HF tokens/s | ratio (wall) | "
                   "ratio (CPU time) | fills equal to fp32 |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from blankfill.config import ConfigError, DecodingConfig
 from blankfill.filters import FILTERS
 from blankfill.generate import InfillIds, decoding_layout_, generate
+from blankfill.kernels import PackedEmbedding, PackedLinear, onednn_available
 from blankfill.model import GLM
 from blankfill.testing import tiny_config
 
@@ -270,8 +271,12 @@ def test_decoding_layout_keeps_values_and_results(model):
     import copy
 
     col = decoding_layout_(copy.deepcopy(model))
-    w = col.transformer.layers[0].attention.query_key_value.weight
-    assert w.stride() == (1, w.shape[0])
+    qkv = col.transformer.layers[0].attention.query_key_value
+    if onednn_available():  # oneDNN-packed matmuls, the same parameters
+        assert isinstance(qkv, PackedLinear) and isinstance(col.word_embeddings, PackedEmbedding)
+    else:  # column-major weights for MKL
+        assert qkv.weight.stride() == (1, qkv.weight.shape[0])
+    assert decoding_layout_(col) is col and len(col.state_dict()) == len(model.state_dict())
     for (k, a), b in zip(model.state_dict().items(), col.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     want = generate(model, PROMPTS, ids=IDS, max_new_tokens=5)
@@ -398,5 +403,7 @@ def test_auto_decoding_precision_needs_native_bf16():
     none = choose_decoding_precision(cpu, flags=frozenset({"avx2"}))
     assert none.precision == "fp32" and "no native bf16" in none.reason
     has = choose_decoding_precision(cpu, measure=False, flags=frozenset({"avx512_bf16"}))
-    assert has.precision == "int8" and "avx512_bf16" in has.reason
+    assert has.precision == "bf16" and "avx512_bf16" in has.reason
+    measured = choose_decoding_precision(cpu, flags=frozenset({"amx_bf16"}))
+    assert measured.precision in ("fp32", "bf16") and "bf16 decoding matmul" in measured.reason
     assert choose_decoding_precision(torch.device("meta")).precision == "fp32"

@@ -46,8 +46,9 @@ def test_info_hardware_shows_the_machine_and_the_choice(capsys):
     assert out["cpu"] == hardware.cpu_model()
     assert out["device"] == "cpu" or out["device"].startswith("cuda")
     assert out["precision"]["auto"] in ("fp32", "bf16") and out["precision"]["reason"]
-    dec = out["decoding_precision"]  # what `fill --precision auto` picks
-    assert dec["auto"] in ("fp32", "int8") and dec["reason"]
+    dec = out["decoding_precision"]  # what `fill` / `serve` / `BlankFiller` use by default
+    assert dec["auto"] in ("fp32", "bf16") and dec["reason"]
+    assert "oneDNN" in out["decoding_matmuls"] or "MKL" in out["decoding_matmuls"]
 
 
 def test_info_without_a_model_is_a_one_line_error(capsys):

@@ -150,13 +150,14 @@ def fill(
 class BlankFiller:
     """A model and its tokenizer, checked to belong together: ``BlankFiller(m, t).fill(text)``.
 
-    ``precision`` converts the model in place for decoding (``blankfill.quantize``): "fp32" (the
-    default), "bf16", "int8" (weight-only) or "auto" (int8 where it measures faster, else fp32);
-    all but fp32 are faster on some CPUs and can change fills.
+    ``precision`` converts the model in place for decoding (``blankfill.quantize``): "auto" (the
+    default: bf16 on a GPU with bf16 or a CPU with native bf16 where it measures faster, fp32
+    elsewhere), "fp32" (exact fills), "bf16" or "int8" (weight-only); all but fp32 can change
+    fills.
     """
 
     def __init__(
-        self, model: GLM, tokenizer: Tokenizer, *, precision: DecodingPrecision = "fp32"
+        self, model: GLM, tokenizer: Tokenizer, *, precision: DecodingPrecision = "auto"
     ) -> None:
         check_compatible(model, tokenizer)
         model = decoding_precision_(decoding_layout_(model.eval()), precision)
@@ -168,7 +169,7 @@ class BlankFiller:
         path: str | Path,
         tokenizer: str | Path | None = None,
         *,
-        precision: DecodingPrecision = "fp32",
+        precision: DecodingPrecision = "auto",
     ) -> BlankFiller:
         """Load a model folder (``save_pretrained``) and its tokenizer (or the one at ``tokenizer``)."""
         from .folder import load_model_and_tokenizer

@@ -2,13 +2,16 @@
 
 Machines change from one day to the next (a CPU with native bf16 one day, one without the next),
 so nothing here is assumed: the CPU's flags are read, and where the flags allow bf16 a short
-matmul micro-benchmark decides. ``blankfill info --hardware`` prints :func:`describe` and the
-choice; the training engine calls :func:`choose_precision` once at start-up for
-``train.precision = "auto"``.
+matmul micro-benchmark decides. ``blankfill info --hardware`` prints :func:`describe` and both
+choices; the training engine calls :func:`choose_precision` once at start-up for
+``train.precision = "auto"``, and decoding :func:`choose_decoding_precision` for ``precision="auto"``
+(the default of ``BlankFiller``, ``fill`` and ``serve``).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import platform
 import time
 from dataclasses import dataclass
@@ -21,6 +24,8 @@ NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # bf16 must beat fp32 by this factor in the micro-benchmark to be chosen on a CPU: autocast
 # adds casts and fp32 elementwise work around the matmuls, so a small matmul win is no win.
 CPU_BF16_MIN_SPEEDUP = 1.5
+# Decoding converts the weights once (no casts per step), so a smaller measured win suffices.
+CPU_BF16_DECODE_MIN_SPEEDUP = 1.2
 
 
 @dataclass(frozen=True)
@@ -140,58 +145,81 @@ def choose_precision(
     return PrecisionChoice("fp32", f"{measured}, below the {CPU_BF16_MIN_SPEEDUP}x needed")
 
 
-def _int8_decode_speedup(rows: int = 1, seconds: float = 0.2) -> float:
+@functools.cache
+def _bf16_decode_speedup(rows: int = 1, seconds: float = 0.1) -> float:
     """How many times faster a decoding-step matmul (``rows`` x 512 by 2048 x 512, weights
-    rotated through 16 MB so they come from memory, as in a real step) runs with int8 weights
-    and bf16 activations than in fp32."""
-    import torch.nn.functional as F
+    rotated through 100 MB so they come from memory, as in a real step) runs with bf16 weights
+    than fp32, both with the kernels decoding uses (``blankfill.kernels``). Measured once per
+    process (~0.1 s)."""
+    from torch import nn
 
-    ws = [torch.randn(2048, 512) * 0.02 for _ in range(8)]
-    qs = [(w * 127 / w.abs().amax()).round().to(torch.int8) for w in ws]
-    scale = torch.full((2048,), 1.0, dtype=torch.bfloat16)
-    x, xb = torch.randn(rows, 512), torch.randn(rows, 512).to(torch.bfloat16)
+    from .kernels import PackedLinear, onednn_available
 
-    def once(fn) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+    torch.manual_seed(0)
+    fp32 = [nn.Linear(512, 2048) for _ in range(24)]
+    if onednn_available():
+        fp32 = [PackedLinear(lin) for lin in fp32]
+    bf16 = [copy.deepcopy(lin).to(torch.bfloat16) for lin in fp32]
+    x = torch.randn(rows, 512)
+    xb = x.to(torch.bfloat16)
 
-    def run_fp32() -> None:
-        for w in ws:
-            F.linear(x, w)
+    def calls(layers: list[nn.Module], inp: torch.Tensor) -> list[float]:
+        out = []
+        for lin in layers:
+            t0 = time.perf_counter()
+            lin(inp)
+            out.append(time.perf_counter() - t0)
+        return out
 
-    def run_int8() -> None:
-        for q in qs:
-            torch._weight_int8pack_mm(xb, q, scale)
-
-    run_fp32(), run_int8()  # warm-up
-    # Alternated, best of at least 5 each: on a shared machine one timing can be preempted.
-    fp32 = int8 = float("inf")
-    deadline, n = time.perf_counter() + seconds, 0
-    while n < 5 or time.perf_counter() < deadline:
-        fp32, int8, n = min(fp32, once(run_fp32)), min(int8, once(run_int8)), n + 1
-    return fp32 / int8
+    with torch.no_grad():
+        calls(fp32, x), calls(bf16, xb)  # warm-up (packing)
+        # Alternated; each call's best over the rounds, so a call that waited for a preempted
+        # thread of a shared machine does not count.
+        t32, t16 = [float("inf")] * len(fp32), [float("inf")] * len(bf16)
+        deadline, n = time.perf_counter() + seconds, 0
+        while n < 5 or time.perf_counter() < deadline:
+            t32 = list(map(min, t32, calls(fp32, x)))
+            t16, n = list(map(min, t16, calls(bf16, xb))), n + 1
+        t32, t16 = sum(t32), sum(t16)
+    return t32 / t16
 
 
 def choose_decoding_precision(
     device: torch.device, *, measure: bool = True, flags: frozenset[str] | None = None
 ) -> PrecisionChoice:
-    """The precision ``decoding precision = "auto"`` resolves to (``blankfill.quantize``).
+    """The precision ``precision="auto"`` decodes in (``blankfill.quantize``; the default of
+    ``BlankFiller``, ``blankfill fill`` and ``blankfill serve``).
 
-    int8 (weight-only, bf16 activations) on a CPU with native bf16 where, when ``measure``, a
-    decoding-step matmul runs at least ``CPU_BF16_MIN_SPEEDUP`` times faster than fp32 (~0.2 s);
-    fp32 everywhere else (CUDA included: the int8 kernel used is the CPU one). ``flags`` replaces
-    the CPU's own flags (for tests). int8 can change fills: ``auto`` is opt-in, never a default.
+    bf16 weights on a GPU with bf16, and on a CPU with native bf16 (AMX or AVX512-BF16) where,
+    when ``measure``, a decoding-step matmul runs at least ``CPU_BF16_DECODE_MIN_SPEEDUP`` times
+    faster in bf16 than in fp32 (~0.1 s, once per process); fp32 everywhere else. int8 is never
+    chosen: it changes more fills, so it stays opt-in. ``flags`` replaces the CPU's own flags
+    (for tests).
     """
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice("bf16", f"{torch.cuda.get_device_name(device)} supports bf16")
+        return PrecisionChoice("fp32", "this GPU has no bf16")
     if device.type != "cpu":
-        return PrecisionChoice("fp32", f"int8 decoding is measured on CPU only, not {device.type}")
+        return PrecisionChoice("fp32", f"no bf16 check for device type {device.type}")
     native = native_bf16_flags(flags)
     if not native:
         return _no_native_bf16()
     if not measure:
-        return PrecisionChoice("int8", f"CPU has {', '.join(native)} (not measured)")
-    ratio = _int8_decode_speedup()
-    measured = f"CPU has {', '.join(native)}; int8 decoding matmul {ratio:.2f}x fp32"
-    if ratio >= CPU_BF16_MIN_SPEEDUP:
-        return PrecisionChoice("int8", measured)
-    return PrecisionChoice("fp32", f"{measured}, below the {CPU_BF16_MIN_SPEEDUP}x needed")
+        return PrecisionChoice("bf16", f"CPU has {', '.join(native)} (not measured)")
+    ratio = _bf16_decode_speedup()
+    measured = f"CPU has {', '.join(native)}; bf16 decoding matmul {ratio:.2f}x fp32"
+    if ratio >= CPU_BF16_DECODE_MIN_SPEEDUP:
+        return PrecisionChoice("bf16", measured)
+    return PrecisionChoice("fp32", f"{measured}, below the {CPU_BF16_DECODE_MIN_SPEEDUP}x needed")
+
+
+def decoding_kernels(device: torch.device) -> str:
+    """Which matmuls blank filling runs on ``device`` (``decoding_layout_``), and why."""
+    from .kernels import onednn_available
+
+    if device.type != "cpu":
+        return f"PyTorch's own on {device.type}"
+    if onednn_available():
+        return "oneDNN on weights packed once (blankfill.kernels): this PyTorch has oneDNN"
+    return "MKL on column-major weights: this PyTorch has no oneDNN"

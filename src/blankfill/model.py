@@ -259,6 +259,14 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class WordEmbedding(nn.Embedding):
+    """The word embedding, tied to the single output layer (no bias, spec §1.5)."""
+
+    def attend(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output layer: hidden [..., D] -> logits [..., V]."""
+        return F.linear(hidden, self.weight)
+
+
 class Transformer(nn.Module):
     """Position tables, the blocks and the final LayerNorm (official ``transformer.*`` keys)."""
 
@@ -288,7 +296,7 @@ class GLM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.word_embeddings = WordEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.transformer = Transformer(cfg)
         self.reset_parameters()
 
@@ -392,7 +400,7 @@ class GLM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The single output layer tied to the word embeddings, no bias (spec §1.5): [..., V]."""
-        return F.linear(hidden, self.word_embeddings.weight)
+        return self.word_embeddings.attend(hidden)
 
     def forward(
         self,

@@ -43,9 +43,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="fp32",
-        help="decoding precision: fp32 (default), bf16, weight-only int8 (faster on some CPUs; "
-        "can change fills) or auto (int8 where it measures faster, else fp32)",
+        default="auto",
+        help="decoding precision: auto (default: bf16 on a GPU with bf16 or a CPU with native "
+        "bf16 where it measures faster, else fp32), fp32 (exact fills), bf16, or weight-only "
+        "int8 (opt-in); all but fp32 can change fills",
     )
     add_aliases(p.add_argument_group("decoding (aliases)"), "decoding", ALIASES)
 

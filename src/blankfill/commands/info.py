@@ -19,8 +19,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hardware",
         action="store_true",
-        help="show the machine (CPU, bf16 flags, threads, GPU) and the precision that "
-        "train.precision=auto picks here, and why (runs a ~1 s matmul check)",
+        help="show the machine (CPU, bf16 flags, threads, GPU), the precision that "
+        "train.precision=auto picks here and the one decoding (fill/serve) uses by default, "
+        "and why (runs ~1 s of matmul checks)",
     )
     p.add_argument("--device", default="auto", help="with --hardware: the device to choose for")
     m = p.add_argument_group("--memory: per-device estimate of one training step (AdamW)")
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         info["precision"] = {"auto": choice.precision, "reason": choice.reason}
         dec = hardware.choose_decoding_precision(device)
         info["decoding_precision"] = {"auto": dec.precision, "reason": dec.reason}
+        info["decoding_matmuls"] = hardware.decoding_kernels(device)
         print(json.dumps(info, indent=2))
         return 0
     if args.model is None:

@@ -1,0 +1,129 @@
+"""CPU matmul kernels for decoding, applied to a model from outside (style §1).
+
+A decoding step multiplies a few rows by every weight matrix once, so its speed is how fast the
+matmul streams the weights from memory. PyTorch's default CPU matmul (MKL) streamed 21-24 GB/s
+for one row and ~9 GB/s for eight on the AMD EPYC development box (one thread; a plain read
+streams 36 GB/s there), whereas oneDNN, on a weight reordered once into its own blocked layout
+(what inductor's CPU "freezing" does), streamed 27-33 GB/s and ~22 GB/s, and ran the prompt's
+many-row matmuls ~2x faster as well (``benchmarks/generate.py``, README "Speed").
+
+``decoding_kernels_(model)`` swaps each block's ``nn.Linear`` for a :class:`PackedLinear` and the
+tied word embedding for a :class:`PackedEmbedding` (the output layer). Both are subclasses that
+keep the very same parameters, so ``state_dict``, ``parameters()`` and training are unchanged;
+only their forward differs, and only where it is safe: on CPU, with gradients off, in fp32 or
+bf16. The packed copy is made on first use and remade whenever the weight changes (another dtype
+or device, an in-place update), so ``model.to(torch.bfloat16)`` afterwards packs bf16 weights.
+The arithmetic is fp32 (or bf16) as before; only the order of the additions differs, so logits
+move by rounding (~1e-6 relative), as between any two BLAS libraries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import GLM, WordEmbedding
+
+# The row count the blocked layout is tuned for; measured no slower than 1 for single rows, and
+# faster for 2-16 rows (batched decoding) and the prompt's hundreds (spec: README "Speed").
+PACK_ROWS_HINT = 8
+PACKABLE = (torch.float32, torch.bfloat16)
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch build can run oneDNN (mkldnn) matmuls on the CPU."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class _Packed:
+    """The weight reordered for oneDNN, remade when the weight's storage, dtype or version moves."""
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.weight: torch.Tensor | None = None
+
+    def get(self, w: torch.Tensor) -> torch.Tensor:
+        key = (w.data_ptr(), w.dtype, w._version, tuple(w.shape))
+        if key != self.key:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(
+                w.detach().contiguous(), batch_size=PACK_ROWS_HINT
+            )
+            self.key = key
+        return self.weight
+
+
+def _usable(x: torch.Tensor, w: torch.Tensor) -> bool:
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and w.device.type == "cpu"
+        and w.dtype in PACKABLE
+        and x.dtype == w.dtype
+    )
+
+
+def _packed_linear(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: _Packed
+) -> torch.Tensor:
+    """``F.linear(x, w, b)`` by oneDNN on the packed ``w``: x [..., in] -> [..., out]."""
+    if not _usable(x, w) or (b is not None and b.dtype != w.dtype):
+        return F.linear(x, w, b)
+    x2 = x.reshape(-1, x.shape[-1])  # [N, in]
+    y = torch.ops.mkldnn._linear_pointwise(x2, packed.get(w), b, "none", [], "")  # [N, out]
+    return y.view(*x.shape[:-1], w.shape[0])
+
+
+class PackedLinear(nn.Linear):
+    """``nn.Linear`` with the same parameters, multiplied by oneDNN on a packed copy (CPU)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self._packed = _Packed()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _packed_linear(x, self.weight, self.bias, self._packed)
+
+    def __getstate__(self) -> dict[str, Any]:  # copy / pickle: the opaque copy is remade
+        return {**self.__dict__, "_packed": _Packed()}
+
+
+class PackedEmbedding(WordEmbedding):
+    """The tied word embedding: lookups as ``nn.Embedding``, the output layer by oneDNN (CPU)."""
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        nn.Module.__init__(self)
+        for name in ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type"):
+            setattr(self, name, getattr(embedding, name))
+        self.scale_grad_by_freq, self.sparse = embedding.scale_grad_by_freq, embedding.sparse
+        self.weight = embedding.weight
+        self._packed = _Packed()
+
+    def attend(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output layer: hidden [..., D] -> logits [..., V] (no bias, spec §1.5)."""
+        return _packed_linear(hidden, self.weight, None, self._packed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_packed": _Packed()}
+
+
+def decoding_kernels_(model: GLM) -> GLM:
+    """Swap in the packed oneDNN Linears and output layer (see the module docstring); in place.
+
+    Idempotent; does nothing where PyTorch has no oneDNN. Parameters are shared, not copied, but
+    the packed copies take as much memory again as the matrices they mirror (made on first use).
+    """
+    if not onednn_available():
+        return model
+    for block in model.transformer.layers:
+        for parent in (block.attention, block.mlp):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Linear:
+                    setattr(parent, name, PackedLinear(child))
+    if type(model.word_embeddings) is not PackedEmbedding:
+        model.word_embeddings = PackedEmbedding(model.word_embeddings)
+    return model

@@ -1,0 +1,65 @@
+"""oneDNN-packed decoding matmuls (blankfill.kernels): same values, same parameters, safe fallback."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blankfill.kernels import PackedEmbedding, PackedLinear, decoding_kernels_, onednn_available
+from blankfill.model import GLM
+from blankfill.testing import tiny_config
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 40])
+def test_packed_linear_equals_linear(rows):
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 80)
+    packed = PackedLinear(lin)
+    assert packed.weight is lin.weight and packed.bias is lin.bias
+    x = torch.randn(2, rows, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), lin(x), rtol=1e-5, atol=1e-6)
+        assert packed._packed.weight is not None  # the oneDNN path ran
+        xb = x.bfloat16()
+        lin.to(torch.bfloat16)  # the packed copy follows the weight's dtype
+        torch.testing.assert_close(packed(xb), lin(xb), rtol=2e-2, atol=2e-2)
+        assert packed._packed.weight.dtype == torch.bfloat16
+
+
+def test_packed_linear_follows_in_place_updates_and_trains_as_linear():
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8)
+    packed = PackedLinear(copy.deepcopy(lin))
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        packed(x)
+        packed.weight.mul_(2)  # an in-place update (e.g. load_state_dict) repacks
+        torch.testing.assert_close(packed(x), F.linear(x, 2 * lin.weight, lin.bias))
+        packed.weight.div_(2)
+    packed(x).square().sum().backward()  # gradients on: plain F.linear, same gradients
+    lin(x).square().sum().backward()
+    torch.testing.assert_close(packed.weight.grad, lin.weight.grad)
+
+
+def test_packed_model_keeps_state_dict_and_logits_and_copies():
+    torch.manual_seed(0)
+    model = GLM(tiny_config()).eval()
+    packed = decoding_kernels_(copy.deepcopy(model))
+    assert isinstance(packed.word_embeddings, PackedEmbedding)
+    assert all(type(m) is not nn.Linear for m in packed.transformer.layers.modules()), (
+        "every Linear of the blocks is packed"
+    )
+    assert list(packed.state_dict()) == list(model.state_dict())
+    ids = torch.randint(10, 300, (2, 12))
+    with torch.no_grad():
+        want = model(ids, context_len=6)
+        torch.testing.assert_close(packed(ids, context_len=6), want, rtol=1e-5, atol=1e-5)
+        for twin in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
+            torch.testing.assert_close(twin(ids, context_len=6), want, rtol=1e-5, atol=1e-5)
