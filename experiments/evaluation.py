@@ -447,6 +447,21 @@ def _sd(xs: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
 
 
+def _noise(xs: list[float], ys: list[float]) -> tuple[float | None, str]:
+    """Twice the standard error of mean(xs) - mean(ys), and how it was estimated.
+
+    Both sides with >= 2 seeds: each side's own spread. One side with a single seed: the other
+    side's seed spread stands for both (the variants share size, data and budget, so their seed
+    noise is assumed alike; the verdict says so). Neither: None.
+    """
+    if min(len(xs), len(ys)) >= 2:
+        return 2 * math.sqrt(_sd(xs) ** 2 / len(xs) + _sd(ys) ** 2 / len(ys)), ""
+    many = xs if len(xs) >= 2 else ys if len(ys) >= 2 else None
+    if many is None:
+        return None, ""
+    return 2 * _sd(many) * math.sqrt(1 / len(xs) + 1 / len(ys)), ", one side's seed spread"
+
+
 def _claims(rows: dict) -> list[str]:
     """Each claim: the paper's winner x vs y, our difference and a mechanical first verdict."""
     lines = ["| claim (paper: x beats y) | metric | x | y | x − y | seeds | first verdict |",
@@ -458,15 +473,15 @@ def _claims(rows: dict) -> list[str]:
             continue
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         diff = mx - my
-        noise = 2 * math.sqrt(_sd(xs) ** 2 / len(xs) + _sd(ys) ** 2 / len(ys))
+        noise, how = _noise(xs, ys)
         seeds = f"{len(xs)} / {len(ys)}"
-        if min(len(xs), len(ys)) < 2:
+        if noise is None:
             verdict = "too small to tell (one seed)"
         elif abs(diff) <= noise:
-            verdict = f"too small to tell (difference within 2 s.e. = {noise:.3g})"
+            verdict = f"too small to tell (difference within 2 s.e.{how} = {noise:.3g})"
         else:
             verdict = "holds" if (diff > 0) == higher else "does not hold"
-            verdict += f" (difference beyond 2 s.e. = {noise:.3g})"
+            verdict += f" (difference beyond 2 s.e.{how} = {noise:.3g})"
         lines.append(f"| {claim} | {metric} | ({lx}) {_mean_sd(xs)} | ({ly}) {_mean_sd(ys)} | "
                      f"{diff:+.3f} | {seeds} | {verdict} |")  # fmt: skip
     return lines

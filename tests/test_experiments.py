@@ -107,3 +107,16 @@ def test_each_variant_is_evaluated_in_its_own_pretraining_layout(tmp_path):
     assert layouts["a"] == PartBLayout() and layouts["d"] == PartBLayout(block_positions=False)
     assert layouts["e"].block_positions and layouts["e"].sentinel_blanks[0] == sp.mask
     assert layouts["e"].sentinel_blanks[1] == 4000  # [MASK_1] = sentinel_start
+
+
+def test_claim_noise_uses_the_seed_spread_it_has():
+    import math
+
+    import evaluation  # experiments/evaluation.py
+
+    both, how = evaluation._noise([1.0, 3.0], [2.0, 2.0, 5.0])
+    sd_x, sd_y = math.sqrt(2.0), math.sqrt(3.0)
+    assert how == "" and both == pytest.approx(2 * math.sqrt(sd_x**2 / 2 + sd_y**2 / 3))
+    one, how = evaluation._noise([4.0], [1.0, 3.0])  # one seed of x: y's spread for both
+    assert "one side" in how and one == pytest.approx(2 * sd_x * math.sqrt(1 + 1 / 2))
+    assert evaluation._noise([4.0], [1.0]) == (None, "")
