@@ -160,16 +160,17 @@ def attention_with_dropout(
     Returns:
         [B, H, T, Dh].
     """
-    B, H, T, _ = q.shape
+    B, H, T, Dh = q.shape
     S = k.shape[2]
     bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, MASKED_SCORE)
+    biases = bias.unbind(0) if bias.shape[0] > 1 else bias.expand(B, -1, -1, -1).unbind(0)
     keep = keep_mask((B, H, T, S), p, q.dtype)  # 0/1 in the compute dtype
-    q = q * (1.0 / math.sqrt(q.shape[-1]))
     outs = []
-    for b in range(B):
-        scores = q[b] @ k[b].transpose(-1, -2) + bias[b if bias.shape[0] > 1 else 0]  # [H,T,S]
-        probs = torch.softmax(scores, dim=-1) * keep[b]  # [H, T, S]
-        outs.append(probs @ v[b])  # [H, T, Dh]
+    # unbind, not q[b]: its backward stacks the B gradients once instead of B zero-filled copies.
+    for qb, kb, vb, bb, keep_b in zip(q.unbind(0), k.unbind(0), v.unbind(0), biases, keep):
+        scores = torch.baddbmm(bb, qb, kb.transpose(-1, -2), alpha=1.0 / math.sqrt(Dh))  # [H,T,S]
+        probs = torch.softmax(scores, dim=-1) * keep_b  # [H, T, S]
+        outs.append(probs @ vb)  # [H, T, Dh]
     return torch.stack(outs) * (1.0 / (1.0 - p))  # [B, H, T, Dh]
 
 
