@@ -167,7 +167,8 @@ def attention_with_dropout(
     keep = keep_mask((B, H, T, S), p, q.dtype)  # 0/1 in the compute dtype
     outs = []
     # unbind, not q[b]: its backward stacks the B gradients once instead of B zero-filled copies.
-    for qb, kb, vb, bb, keep_b in zip(q.unbind(0), k.unbind(0), v.unbind(0), biases, keep):
+    per_sample = zip(q.unbind(0), k.unbind(0), v.unbind(0), biases, keep, strict=True)
+    for qb, kb, vb, bb, keep_b in per_sample:
         scores = torch.baddbmm(bb, qb, kb.transpose(-1, -2), alpha=1.0 / math.sqrt(Dh))  # [H,T,S]
         probs = torch.softmax(scores, dim=-1) * keep_b  # [H, T, S]
         outs.append(probs @ vb)  # [H, T, Dh]
