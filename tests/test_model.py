@@ -289,7 +289,8 @@ def test_cpu_dropout_zeroes_p_and_rescales():
     assert torch.equal(drop.eval()(x), x)
 
 
-def test_attention_with_dropout_equals_the_reference_math():
+@pytest.mark.parametrize("chunk", [1, 2 * 9 * 9 * 2, 2**21])  # per sample, 2 samples, all
+def test_attention_with_dropout_equals_the_reference_math(chunk):
     import math
 
     from blankfill.model import attention_with_dropout, keep_mask
@@ -298,7 +299,7 @@ def test_attention_with_dropout_equals_the_reference_math():
     q, k, v = (torch.randn(B, H, T, Dh, requires_grad=True) for _ in range(3))
     mask = build_attention_mask(torch.tensor([4, 0, 9]), T, T)
     torch.manual_seed(5)
-    out = attention_with_dropout(q, k, v, mask, p)
+    out = attention_with_dropout(q, k, v, mask, p, chunk=chunk)
     torch.manual_seed(5)
     keep = keep_mask((B, H, T, T), p)
     scores = (q @ k.transpose(-1, -2) / math.sqrt(Dh)).masked_fill(~mask, -65504.0)

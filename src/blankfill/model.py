@@ -32,6 +32,9 @@ from .config import ModelConfig
 # The official masking constant (spec §1.3): masked scores are *replaced* by -65504 (the fp16
 # minimum), so a fully masked row becomes uniform attention instead of NaN.
 MASKED_SCORE = -65504.0
+# Attention scores computed at once by the CPU training path (attention_with_dropout): about a
+# core's L2-to-L3 working set, so softmax, dropout and their backward run from cache.
+ATTENTION_CHUNK = 2**21
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,19 +146,25 @@ class Dropout(nn.Dropout):
 
 
 def attention_with_dropout(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    p: float,
+    chunk: int = ATTENTION_CHUNK,
 ) -> torch.Tensor:
     """softmax(Q K^T / sqrt(Dh) + mask) with dropout ``p`` on the probabilities, times V, for
     CPU training (SDPA's fused CPU kernel has no dropout; its math path is ~2.5x slower).
 
-    One sample at a time, so each [H, T, S] block of scores stays in cache through the softmax,
-    the dropout and the product with V (and back). Masked scores get -65504 added (spec §1.3);
-    the 1 / (1 - p) scale is applied to the [B, H, T, Dh] output, not to the probabilities.
+    A few samples at a time (``ATTENTION_CHUNK`` scores), so each block of scores stays in cache
+    through the softmax, the dropout and the product with V (and back). Masked scores get -65504
+    added (spec §1.3); the 1 / (1 - p) scale is applied to the [B, H, T, Dh] output.
 
     Args:
         q: [B, H, T, Dh]; k, v: [B, H, S, Dh].
         mask: bool [B or 1, 1, T, S], True where a query may attend.
         p: dropout probability.
+        chunk: scores computed at once (whole samples, at least one).
 
     Returns:
         [B, H, T, Dh].
@@ -163,16 +172,21 @@ def attention_with_dropout(
     B, H, T, Dh = q.shape
     S = k.shape[2]
     bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, MASKED_SCORE)
-    biases = bias.unbind(0) if bias.shape[0] > 1 else bias.expand(B, -1, -1, -1).unbind(0)
+    bias = bias.expand(B, -1, -1, -1)  # [B, 1, T, S]
     keep = keep_mask((B, H, T, S), p, q.dtype)  # 0/1 in the compute dtype
+    q = q * (1.0 / math.sqrt(Dh))
+    # Samples per chunk: one glm-small sample (8 x 566 x 566 scores) is ~2.6 M entries; small
+    # models take many samples at once, so the Python loop does not dominate their step.
+    c = max(1, chunk // (H * T * S))
+    # split, not q[i:j]: its backward concatenates the chunks' gradients once instead of
+    # zero-filling a full [B, H, T, Dh] copy per chunk.
+    chunks = [t.split(c) for t in (q, k, v, bias, keep)]
     outs = []
-    # unbind, not q[b]: its backward stacks the B gradients once instead of B zero-filled copies.
-    per_sample = zip(q.unbind(0), k.unbind(0), v.unbind(0), biases, keep, strict=True)
-    for qb, kb, vb, bb, keep_b in per_sample:
-        scores = torch.baddbmm(bb, qb, kb.transpose(-1, -2), alpha=1.0 / math.sqrt(Dh))  # [H,T,S]
-        probs = torch.softmax(scores, dim=-1) * keep_b  # [H, T, S]
-        outs.append(probs @ vb)  # [H, T, Dh]
-    return torch.stack(outs) * (1.0 / (1.0 - p))  # [B, H, T, Dh]
+    for qc, kc, vc, bc, keep_c in zip(*chunks, strict=True):
+        scores = qc @ kc.transpose(-1, -2) + bc  # [c, H, T, S]
+        probs = torch.softmax(scores, dim=-1) * keep_c  # [c, H, T, S]
+        outs.append(probs @ vc)  # [c, H, T, Dh]
+    return torch.cat(outs) * (1.0 / (1.0 - p))  # [B, H, T, Dh]
 
 
 # --------------------------------------------------------------------------------------------
