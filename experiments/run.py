@@ -128,10 +128,12 @@ def pick_precision() -> dict:
     later start on a busier machine could measure differently, and equal compute means equal
     arithmetic."""
     sys.path.insert(0, str(REPO / "src"))
+    from blankfill.config import RunConfig, load_config
     from blankfill.device import resolve_device
     from blankfill.hardware import choose_precision
 
-    choice = choose_precision(resolve_device("auto"))
+    width = load_config(RunConfig, BASE, []).model.hidden_size
+    choice = choose_precision(resolve_device("auto"), width=width)
     say(f"plan: precision {choice.precision} ({choice.reason})")
     return {"precision": choice.precision, "precision_reason": choice.reason}
 

@@ -262,3 +262,68 @@ def test_tied_output_and_positions_past_the_table_are_an_error():
     too_far = torch.tensor([[[0, 1, 70], [0, 0, 0]]])
     with pytest.raises(ValueError, match="outside the model's 65 positions"):
         model(ids, too_far)
+
+
+def test_keep_mask_rate_and_reproducibility():
+    from blankfill.model import keep_mask
+
+    torch.manual_seed(0)
+    a = keep_mask((1000, 1000), 0.1)
+    torch.manual_seed(0)
+    b = keep_mask((1000, 1000), 0.1)
+    assert a.dtype == torch.bool and a.shape == (1000, 1000)
+    assert torch.equal(a, b)  # torch's generator seeds it
+    assert abs(a.float().mean().item() - 0.9) < 0.002
+    assert not torch.equal(keep_mask((1000, 1000), 0.1), a)  # the generator moved on
+    assert keep_mask((7,), 0.0).all()  # odd sizes; p = 0 keeps everything
+
+
+def test_cpu_dropout_zeroes_p_and_rescales():
+    from blankfill.model import Dropout
+
+    drop = Dropout(0.25)
+    x = torch.ones(500, 400)
+    y = drop.train()(x)
+    assert abs((y == 0).float().mean().item() - 0.25) < 0.005
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.75))
+    assert torch.equal(drop.eval()(x), x)
+
+
+@pytest.mark.parametrize("chunk", [1, 2 * 9 * 9 * 2, 2**21])  # per sample, 2 samples, all
+def test_attention_with_dropout_equals_the_reference_math(chunk):
+    import math
+
+    from blankfill.model import attention_with_dropout, keep_mask
+
+    B, H, T, Dh, p = 3, 2, 9, 8, 0.3
+    q, k, v = (torch.randn(B, H, T, Dh, requires_grad=True) for _ in range(3))
+    mask = build_attention_mask(torch.tensor([4, 0, 9]), T, T)
+    torch.manual_seed(5)
+    out = attention_with_dropout(q, k, v, mask, p, chunk=chunk)
+    torch.manual_seed(5)
+    keep = keep_mask((B, H, T, T), p)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(Dh)).masked_fill(~mask, -65504.0)
+    ref = (torch.softmax(scores, -1) * keep / (1 - p)) @ v
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_training_forward_sdpa_equals_eager_with_the_same_dropout_draws():
+    # On CPU both draw their masks with keep_mask in the same order, so the fast per-sample path
+    # (attention_with_dropout) must equal the official arithmetic, dropout included.
+    drop = dict(embedding_dropout_prob=0.1, attention_dropout_prob=0.2, output_dropout_prob=0.1)
+    sdpa = GLM(tiny_config(attention="sdpa", **drop)).train()
+    eager = GLM(tiny_config(attention="eager", **drop)).train()
+    eager.load_state_dict(sdpa.state_dict())
+    ids, pos = _random_sample(sdpa.config)
+    for kw in ({"context_len": torch.tensor([7, 12])}, {}):
+        torch.manual_seed(3)
+        a = sdpa(ids, pos, **kw)
+        torch.manual_seed(3)
+        b = eager(ids, pos, **kw)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(4)
+    assert not torch.allclose(sdpa(ids, pos), a)  # dropout is on

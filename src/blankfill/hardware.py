@@ -2,10 +2,13 @@
 
 Machines change from one day to the next (a CPU with native bf16 one day, one without the next),
 so nothing here is assumed: the CPU's flags are read, and where the flags allow bf16 a short
-matmul micro-benchmark decides. ``blankfill info --hardware`` prints :func:`describe` and both
-choices; the training engine calls :func:`choose_precision` once at start-up for
-``train.precision = "auto"``, and decoding :func:`choose_decoding_precision` for ``precision="auto"``
-(the default of ``BlankFiller``, ``fill`` and ``serve``).
+micro-benchmark decides: for training, one MLP forward and backward at the model's width, fp32
+against bf16 autocast (at small widths the casts and elementwise work autocast adds outweigh the
+faster matmuls, e.g. a d-64 model trained ~3.7x slower in bf16 on an AVX512-BF16 EPYC); for
+decoding, a weight-streaming matmul in bf16 against fp32. ``blankfill info --hardware`` prints
+:func:`describe` and both choices; the training engine calls :func:`choose_precision` once at
+start-up for ``train.precision = "auto"``, and decoding :func:`choose_decoding_precision` for
+``precision="auto"`` (the default of ``BlankFiller``, ``fill`` and ``serve``).
 """
 
 from __future__ import annotations
@@ -21,11 +24,19 @@ import torch
 
 # CPU flags (as /proc/cpuinfo spells them) that mean oneDNN can run bf16 matmuls natively.
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# bf16 must beat fp32 by this factor in the micro-benchmark to be chosen on a CPU: autocast
-# adds casts and fp32 elementwise work around the matmuls, so a small matmul win is no win.
-CPU_BF16_MIN_SPEEDUP = 1.5
-# Decoding converts the weights once (no casts per step), so a smaller measured win suffices.
+# Decoding converts the weights once (no casts per step): bf16 must stream its matmul this much
+# faster than fp32 to be chosen on a CPU.
 CPU_BF16_DECODE_MIN_SPEEDUP = 1.2
+# The training check (``mlp_speedup``) already includes autocast's casts and the GeLU, so a
+# smaller margin is enough there (the rest of a step, attention and the optimizer, gains too).
+CPU_BF16_MIN_MLP_SPEEDUP = 1.2
+# Below this hidden size bf16 autocast does not pay on a CPU whatever the matmul speed (a tiny
+# model's step is casts and per-op overhead: d 64 trained 0.67x, d 128 0.9-1.4x, d 256 1.4-2x
+# the fp32 speed, batch 2-8 x 32-64, AVX512-BF16 EPYC), so it is not measured.
+CPU_BF16_MIN_WIDTH = 128
+# The width measured when the model's is unknown (``blankfill info --hardware`` without a model),
+# and the widest one measured (wider models are more matmul-bound: bf16 pays at least as much).
+DEFAULT_WIDTH, MAX_MEASURED_WIDTH = 512, 1024
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,41 @@ def matmul_flops(dtype: torch.dtype, *, n: int = 512, seconds: float = 0.3, devi
     return 2 * n**3 / best
 
 
+def mlp_speedup(width: int, *, seconds: float = 0.6) -> tuple[float, int]:
+    """How many times faster one GLM MLP at ``width`` (``width -> 4 width -> width`` with the tanh
+    GeLU, forward and backward) runs under bf16 autocast than in fp32 on this CPU, and the width
+    measured (``width`` capped at ``MAX_MEASURED_WIDTH``). Rows: enough for ~4 GFLOP per pass
+    (16 to 2048), as in a training micro-batch; best of alternated timings (a shared machine can
+    preempt any one of them).
+    """
+    import torch.nn.functional as F
+
+    width = max(8, min(width, MAX_MEASURED_WIDTH))
+    rows = max(16, min(2048, int(4e9 / (48 * width * width)) // 16 * 16))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, width, generator=gen)
+    w1 = (torch.randn(4 * width, width, generator=gen) * 0.02).requires_grad_()
+    w2 = (torch.randn(width, 4 * width, generator=gen) * 0.02).requires_grad_()
+    b1, b2 = torch.zeros(4 * width, requires_grad=True), torch.zeros(width, requires_grad=True)
+
+    def once(bf16: bool) -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            h = F.gelu(F.linear(x, w1, b1), approximate="tanh")
+            out = F.linear(h, w2, b2)
+        out.float().sum().backward()
+        for p in (w1, w2, b1, b2):
+            p.grad = None
+        return time.perf_counter() - t0
+
+    once(False), once(True)  # warm-up: oneDNN builds its kernels on the first call
+    fp32 = bf16 = float("inf")
+    deadline, n = time.perf_counter() + seconds, 0
+    while n < 3 or time.perf_counter() < deadline:
+        fp32, bf16, n = min(fp32, once(False)), min(bf16, once(True)), n + 1
+    return fp32 / bf16, width
+
+
 def native_bf16_flags(flags: frozenset[str] | None = None) -> list[str]:
     """The CPU's flags (or ``flags``) that mean native bf16 matmuls."""
     flags = cpu_flags() if flags is None else flags
@@ -114,13 +160,19 @@ def _no_native_bf16() -> PrecisionChoice:
 
 
 def choose_precision(
-    device: torch.device, *, measure: bool = True, flags: frozenset[str] | None = None
+    device: torch.device,
+    *,
+    measure: bool = True,
+    flags: frozenset[str] | None = None,
+    width: int | None = None,
 ) -> PrecisionChoice:
-    """The faster of fp32 and bf16 autocast for training on ``device``.
+    """The faster of fp32 and bf16 autocast for training a model of hidden size ``width``.
 
     CUDA: bf16 where the GPU supports it. CPU: fp32 unless the CPU has native bf16 (AMX or
-    AVX512-BF16) and, when ``measure``, a bf16 matmul runs at least ``CPU_BF16_MIN_SPEEDUP``
-    times the fp32 one (a ~1 s check). ``flags`` replaces the CPU's own flags (for tests).
+    AVX512-BF16), ``width`` is at least ``CPU_BF16_MIN_WIDTH`` and, when ``measure``, the model's
+    MLP trains at least ``CPU_BF16_MIN_MLP_SPEEDUP`` times faster under bf16 autocast
+    (``mlp_speedup``, under a second). ``width`` None measures at ``DEFAULT_WIDTH``. ``flags`` replaces the CPU's own flags
+    (for tests).
     """
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
@@ -131,18 +183,26 @@ def choose_precision(
     native = native_bf16_flags(flags)
     if not native:
         return _no_native_bf16()
+    if width is not None and width < CPU_BF16_MIN_WIDTH:
+        return PrecisionChoice(
+            "fp32",
+            f"CPU has {', '.join(native)}, but the model's width {width} is below "
+            f"{CPU_BF16_MIN_WIDTH}, where bf16 autocast's casts cost more than its matmuls save",
+        )
     if not measure:
         return PrecisionChoice("bf16", f"CPU has {', '.join(native)} (not measured)")
-    fp32 = matmul_flops(torch.float32)
-    bf16 = matmul_flops(torch.bfloat16)
-    ratio = bf16 / fp32
+    asked = DEFAULT_WIDTH if width is None else width
+    ratio, measured_width = mlp_speedup(asked)
+    at = f"width {measured_width}" + (" (the default)" if width is None else "")
+    if measured_width != asked:
+        at += f" (the model's {asked} is wider)"
     measured = (
-        f"CPU has {', '.join(native)}; bf16 matmul {bf16 / 1e9:.0f} vs fp32 "
-        f"{fp32 / 1e9:.0f} GFLOP/s ({ratio:.2f}x)"
+        f"CPU has {', '.join(native)}; an MLP at {at} trains {ratio:.2f}x faster in bf16 "
+        f"autocast than fp32"
     )
-    if ratio >= CPU_BF16_MIN_SPEEDUP:
+    if ratio >= CPU_BF16_MIN_MLP_SPEEDUP:
         return PrecisionChoice("bf16", measured)
-    return PrecisionChoice("fp32", f"{measured}, below the {CPU_BF16_MIN_SPEEDUP}x needed")
+    return PrecisionChoice("fp32", f"{measured}, below the {CPU_BF16_MIN_MLP_SPEEDUP}x needed")
 
 
 @functools.cache

@@ -20,8 +20,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--hardware",
         action="store_true",
         help="show the machine (CPU, bf16 flags, threads, GPU), the precision that "
-        "train.precision=auto picks here and the one decoding (fill/serve) uses by default, "
-        "and why (runs ~1 s of matmul checks)",
+        "train.precision=auto picks here (at the width of MODEL if given, else 512) and the "
+        "one decoding (fill/serve) uses by default, and why (~1 s of checks)",
     )
     p.add_argument("--device", default="auto", help="with --hardware: the device to choose for")
     m = p.add_argument_group("--memory: per-device estimate of one training step (AdamW)")
@@ -36,13 +36,19 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="share of tokens with a loss (0.15 pretraining; ~0.01 cloze)")  # fmt: skip
 
 
+def _model_config(name: str):
+    path = Path(name)
+    return read_model_config(path / "config.json") if path.is_dir() else preset(name)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.hardware:
         from .. import hardware
         from ..device import resolve_device
 
         device = resolve_device(args.device, key="--device")
-        choice = hardware.choose_precision(device)
+        width = None if args.model is None else _model_config(args.model).hidden_size
+        choice = hardware.choose_precision(device, width=width)
         info = {**hardware.describe(), "device": str(device)}
         info["precision"] = {"auto": choice.precision, "reason": choice.reason}
         dec = hardware.choose_decoding_precision(device)
@@ -52,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.model is None:
         raise ValueError("name a preset or a model folder, or pass --hardware")
-    path = Path(args.model)
-    cfg = read_model_config(path / "config.json") if path.is_dir() else preset(args.model)
+    cfg = _model_config(args.model)
     if not args.memory:
         print(json.dumps({**to_dict(cfg), "parameters": count_parameters(cfg)}, indent=2))
         return 0

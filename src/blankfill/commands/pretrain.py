@@ -94,7 +94,7 @@ def _estimate(cfg: RunConfig, info, device: torch.device) -> float:
 
     precision = cfg.train.precision
     if precision == "auto":
-        precision = choose_precision(device, measure=False).precision
+        precision = choose_precision(device, measure=False, width=cfg.model.hidden_size).precision
     est = estimate_memory(cfg.model, batch_size=cfg.data.batch_size,
                           seq_len=cfg.data.seq_len + cfg.data.seq_len // 10,  # + 2 per span
                           world_size=info.world_size, precision=precision,

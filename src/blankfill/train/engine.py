@@ -7,7 +7,7 @@ summed loss and a count of what it sums over) and its evaluation. The engine own
 - device placement, and data parallelism (``dist.strategy``): DDP, or FSDP2 ``fully_shard`` on
   every block and then the root (``train/distributed.py``);
 - precision ``auto | fp32 | bf16 | fp16``: autocast to bf16/fp16 with fp32 weights; fp16 adds a
-  ``torch.amp.GradScaler``; ``auto`` is ``blankfill.hardware.choose_precision(device)``;
+  ``torch.amp.GradScaler``; ``auto`` is ``blankfill.hardware.choose_precision`` at the model's width;
 - gradient accumulation with the loss normalised by the *global* count (over micro-batches and
   ranks, style §3.4), gradient sync on the last micro-batch only, clipping;
 - activation checkpointing and ``torch.compile``, both per Transformer block;
@@ -45,12 +45,13 @@ LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]]
 CountFn = Callable[[Any], torch.Tensor]
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``hardware.choose_precision(device)``; checks the others can run here."""
+def resolve_precision(precision: str, device: torch.device, width: int | None = None) -> str:
+    """``auto`` -> ``hardware.choose_precision(device, width=width)`` (``width``: the model's
+    hidden size); checks the others can run here."""
     if precision == "auto":
         from ..hardware import choose_precision
 
-        choice = choose_precision(device)
+        choice = choose_precision(device, width=width)
         log.info("precision auto -> %s (%s)", choice.precision, choice.reason)
         return choice.precision
     if precision not in ("fp32", "bf16", "fp16"):
@@ -58,6 +59,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU has no bf16; use precision=fp16 (with loss scaling) or fp32")
     return precision
+
+
+def _width(blocks: Sequence[nn.Module]) -> int | None:
+    """The hidden size of the blocks (their first LayerNorm's), for ``precision = "auto"``."""
+    for module in blocks[0].modules() if blocks else ():
+        if isinstance(module, nn.LayerNorm):
+            return int(module.normalized_shape[-1])
+    return None
 
 
 def checkpoint_block(block: nn.Module) -> None:
@@ -130,7 +139,7 @@ class Engine:
         clip_grad: float = 1.0,
     ) -> None:
         self.info, self.device, self.strategy = info, device, strategy
-        self.precision = resolve_precision(precision, device)
+        self.precision = resolve_precision(precision, device, width=_width(blocks))
         self.clip_grad = clip_grad
         self.module = module.to(device)
         for block in blocks:
