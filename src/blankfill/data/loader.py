@@ -26,6 +26,7 @@ from .corrupt import Example
 from .objectives import Corruptor, choose_objective, draw_generation_len
 from .pack import collate_pack, collate_pad
 from .samples import SplitView, epoch_windows, raw_sample
+from .seeding import SampleGenerators
 from .store import TokenStore, special_to_dict
 from .workers import prefetched
 
@@ -107,6 +108,7 @@ class PretrainLoader:
         self.corruptor = Corruptor(corrupt_cfg, special)
         self.samples_per_epoch = max(1, self.view.num_tokens // max(1, data_cfg.seq_len - 1))
         self._windows: tuple[int, np.ndarray, float] | None = None
+        self._rngs = SampleGenerators(data_cfg.seed)  # default_rng([seed, epoch, i]), faster
         self._step = 0
 
     # -- the pure stream ------------------------------------------------------------------------
@@ -120,31 +122,35 @@ class PretrainLoader:
 
     def raw(self, g: int) -> tuple[Any, np.random.Generator]:
         """Global sample g before corruption, and its generator (positioned after the draw)."""
+        epoch, i = divmod(g, self.samples_per_epoch)
+        rng = np.random.default_rng([self.cfg.seed, epoch, i])
+        return self._raw(g, rng), rng
+
+    def _raw(self, g: int, rng: np.random.Generator) -> Any:
         n, total = self.samples_per_epoch, self.view.num_tokens
         epoch, i = divmod(g, n)
         perm, shift = self._epoch_windows(epoch)
         anchor = min(int((perm[i] + shift) * total / n), total - 1)
-        rng = np.random.default_rng([self.cfg.seed, epoch, i])
-        sample = raw_sample(
+        return raw_sample(
             self.view, anchor, rng, seq_len=self.cfg.seq_len, special=self.special,
             sample_across_doc=self.cfg.sample_across_doc, index=g,
         )  # fmt: skip
-        return sample, rng
 
     def examples(self, first: int, count: int) -> list[Example]:
         """Global samples ``first .. first+count-1``, corrupted (one objective group)."""
-        raws = [self.raw(g) for g in range(first, first + count)]
+        ids = range(first, first + count)
+        rngs = self._rngs([divmod(g, self.samples_per_epoch) for g in ids])  # as ``raw``'s
+        raws = [self._raw(g, rng) for g, rng in zip(ids, rngs, strict=True)]
         objective = generation_len = None
         if self.corrupt_cfg.mix_per == "batch":
             epoch, i = divmod(first, self.samples_per_epoch)
             grng = np.random.default_rng([self.cfg.seed, epoch, i, 1])
             objective = choose_objective(grng.random(), self.corrupt_cfg)
-            lengths = [len(s) for s, _ in raws]
+            lengths = [len(s) for s in raws]
             generation_len = draw_generation_len(grng, lengths, self.corrupt_cfg.document_min_ratio)
-        return [
-            self.corruptor(s, rng, objective=objective, generation_len=generation_len)
-            for s, rng in raws
-        ]
+        return self.corruptor.corrupt_batch(
+            raws, rngs, objective=objective, generation_len=generation_len
+        )
 
     def batch(self, step: int) -> Batch:
         """This rank's batch at ``step`` (a pure function of the step)."""
