@@ -22,7 +22,9 @@ from blankfill.data.layout import SpanPlan, build_blocks_batch
 from blankfill.data.loader import PretrainLoader
 from blankfill.data.objectives import Corruptor, RawSample
 from blankfill.data.pack import collate_pack, collate_pad
+from blankfill.data.samples import SplitView, raw_sample, raw_samples
 from blankfill.data.seeding import SampleGenerators
+from blankfill.data.store import TokenStore
 from blankfill.tokenizer import SpecialTokens
 
 SP = SpecialTokens(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7, sep=8, unk=9)
@@ -198,3 +200,23 @@ STREAM = {
 def test_stream_unchanged_since_round_3(store_dir, name, layout):
     ld = _loader(store_dir, name, layout)
     assert _digest(ld.batch(s) for s in range(4)) == STREAM[name, layout]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seq_len=st.sampled_from([8, 33, 64, 96, 200, 700]),
+    across=st.booleans(),
+    seed=st.integers(0, 2**20),
+    count=st.integers(1, 24),
+)
+def test_raw_samples_equal_raw_sample(store_dir, seq_len, across, seed, count):
+    view = SplitView(TokenStore(store_dir), np.arange(24))
+    anchors = np.random.default_rng(seed).integers(view.num_tokens, size=count).tolist()
+    anchors[0] = view.num_tokens - 1  # the store's last token
+    kw = dict(seq_len=seq_len, special=SP, sample_across_doc=across)
+    rngs = [np.random.default_rng([seed, i]) for i in range(count)]
+    got = raw_samples(view, anchors, rngs, indices=list(range(count)), **kw)
+    for i, (a, s) in enumerate(zip(anchors, got, strict=True)):
+        rng = np.random.default_rng([seed, i])
+        _same(s, raw_sample(view, a, rng, index=i, **kw))
+        assert rng.random() == rngs[i].random()  # both made the same draws

@@ -103,12 +103,14 @@ def build_blocks_batch(
     keep = step[:-1].cumsum() == 0  # [N]
     marked = X.copy()
     marked[S_t] = blank_t
-    part_a = marked[keep]  # [NA]
-    a_index = keep.cumsum() - 1  # [N] index in the batch's Part A of each kept text position
-    span_sum = np.zeros(B, np.int64)
-    np.add.at(span_sum, np.repeat(np.arange(B), k), m_t)
+    part_a = marked[keep]  # [NA] the samples' Part A, end to end
+    sample_of = np.repeat(np.arange(B), k)  # [K] (the same in text and Part-B order)
+    dropped = m_t - 1  # [K] tokens each span removes from its text
+    before = dropped.cumsum() - dropped  # [K] removed before span j in the batch
+    before -= before[first][sample_of]  # ... in its own sample
+    blank_at = S_t - np.repeat(_excl(n), k) - before  # [K] the blank's position in its Part A
+    span_sum = np.bincount(sample_of, weights=m_t, minlength=B).astype(np.int64)  # [B]
     sep = n - span_sum + k  # [B] |Part A| of each sample
-    a_off = _excl(sep)  # [B]
     # Part B of all texts in Part-B order: span j occupies [off_j, off_j + m_j] ([sop] first)
     S, m = S_t[border], m_t[border]  # [K]
     off = _excl(m + 1)  # [K]
@@ -118,39 +120,38 @@ def build_blocks_batch(
     b_in[off] = opener
     b_lab = X.take(src + 1, mode="clip")  # past a text's end only at an [eop]
     b_lab[off + m] = eop_id
-    sample_of = np.repeat(np.arange(B), k)  # [K] (the same in text and Part-B order)
-    span_pos = a_index[S] - a_off[sample_of]  # [K] the blank's position in its Part A
-    span_pos = np.where(flag[sample_of], sep[sample_of], span_pos)  # sentinel: after Part A
-    # both parts into one buffer: sample b is Part A then Part B at out_off[b]
+    span_pos = np.where(flag[sample_of], sep[sample_of], blank_at[border])  # sentinel: |A|
+    b_pos = span_pos.repeat(m + 1)  # [NB]
+    b_blk = np.arange(1, NB + 1) - off.repeat(m + 1) if block_positions else np.ones(NB, np.int64)
+    # each sample is its Part A then its Part B, written with slices into one buffer
     T = sep + span_sum + k  # [B]
-    out_off = _excl(T)
-    edge = np.zeros(int(T.sum()) + 1, np.int64)
-    edge[out_off] += 1
-    edge[out_off + sep] -= 1
-    in_a = edge[:-1].cumsum() > 0  # [sum T]
-    in_b = ~in_a
-    input_ids = np.empty(len(in_a), np.int64)
-    labels = np.empty(len(in_a), np.int64)
-    input_ids[in_a] = labels[in_a] = part_a
-    input_ids[in_b], labels[in_b] = b_in, b_lab
-    position_ids = np.zeros((2, len(in_a)), np.int64)
-    position_ids[0, in_a] = np.arange(len(part_a)) - np.repeat(a_off, sep)
-    position_ids[0, in_b] = span_pos.repeat(m + 1)
-    position_ids[1, in_b] = np.arange(NB) - off.repeat(m + 1) + 1 if block_positions else 1
-    loss_mask = in_b.astype(np.float32)
+    total = int(T.sum())
+    input_ids = np.empty(total, np.int64)
+    labels = np.empty(total, np.int64)
+    position_ids = np.zeros((2, total), np.int64)
+    loss_mask = np.zeros(total, np.float32)
+    count = np.arange(int(sep.max()))  # Part-A positions 0, 1, ...
     objectives = [0] * B if objectives is None else objectives
     sample_indices = [-1] * B if sample_indices is None else sample_indices
     out = []
-    for b, (o, t, s) in enumerate(zip(out_off.tolist(), T.tolist(), sep.tolist(), strict=True)):
+    o = a0 = b0 = 0
+    for i, (s, t) in enumerate(zip(sep.tolist(), T.tolist(), strict=True)):
+        a1, b1, mid, end = a0 + s, b0 + t - s, o + s, o + t
+        input_ids[o:mid] = labels[o:mid] = part_a[a0:a1]
+        input_ids[mid:end], labels[mid:end] = b_in[b0:b1], b_lab[b0:b1]
+        position_ids[0, o:mid] = count[:s]
+        position_ids[0, mid:end], position_ids[1, mid:end] = b_pos[b0:b1], b_blk[b0:b1]
+        loss_mask[mid:end] = 1.0
         out.append(
             Example(
-                input_ids=input_ids[o : o + t],
-                labels=labels[o : o + t],
-                loss_mask=loss_mask[o : o + t],
-                position_ids=position_ids[:, o : o + t],
+                input_ids=input_ids[o:end],
+                labels=labels[o:end],
+                loss_mask=loss_mask[o:end],
+                position_ids=position_ids[:, o:end],
                 context_len=s,
-                objective=objectives[b],
-                sample_index=sample_indices[b],
+                objective=objectives[i],
+                sample_index=sample_indices[i],
             )
         )
+        o, a0, b0 = end, a1, b1
     return out

@@ -25,7 +25,7 @@ from .batch import Batch
 from .corrupt import Example
 from .objectives import Corruptor, choose_objective, draw_generation_len
 from .pack import collate_pack, collate_pad
-from .samples import SplitView, epoch_windows, raw_sample
+from .samples import SplitView, epoch_windows, raw_sample, raw_samples
 from .seeding import SampleGenerators
 from .store import TokenStore, special_to_dict
 from .workers import prefetched
@@ -126,13 +126,26 @@ class PretrainLoader:
         rng = np.random.default_rng([self.cfg.seed, epoch, i])
         return self._raw(g, rng), rng
 
-    def _raw(self, g: int, rng: np.random.Generator) -> Any:
+    def _anchor(self, g: int) -> int:
+        """The split token that global sample g starts from."""
         n, total = self.samples_per_epoch, self.view.num_tokens
         epoch, i = divmod(g, n)
         perm, shift = self._epoch_windows(epoch)
-        anchor = min(int((perm[i] + shift) * total / n), total - 1)
+        return min(int((perm[i] + shift) * total / n), total - 1)
+
+    def _anchors(self, first: int, count: int) -> list[int]:
+        """``[self._anchor(g) for g in range(first, first + count)]`` (the same float steps)."""
+        n, total = self.samples_per_epoch, self.view.num_tokens
+        epoch, i = divmod(first, n)
+        if i + count > n:  # the range runs into the next epoch
+            return [self._anchor(g) for g in range(first, first + count)]
+        perm, shift = self._epoch_windows(epoch)
+        at = ((perm[i : i + count] + shift) * total / n).astype(np.int64)
+        return np.minimum(at, total - 1).tolist()
+
+    def _raw(self, g: int, rng: np.random.Generator) -> Any:
         return raw_sample(
-            self.view, anchor, rng, seq_len=self.cfg.seq_len, special=self.special,
+            self.view, self._anchor(g), rng, seq_len=self.cfg.seq_len, special=self.special,
             sample_across_doc=self.cfg.sample_across_doc, index=g,
         )  # fmt: skip
 
@@ -140,7 +153,10 @@ class PretrainLoader:
         """Global samples ``first .. first+count-1``, corrupted (one objective group)."""
         ids = range(first, first + count)
         rngs = self._rngs([divmod(g, self.samples_per_epoch) for g in ids])  # as ``raw``'s
-        raws = [self._raw(g, rng) for g, rng in zip(ids, rngs, strict=True)]
+        raws = raw_samples(
+            self.view, self._anchors(first, count), rngs, seq_len=self.cfg.seq_len,
+            special=self.special, sample_across_doc=self.cfg.sample_across_doc, indices=list(ids),
+        )  # fmt: skip
         objective = generation_len = None
         if self.corrupt_cfg.mix_per == "batch":
             epoch, i = divmod(first, self.samples_per_epoch)
