@@ -219,6 +219,8 @@ class Corruptor:
             lengths = span_length_array(target, rng, self.cdf, self.mean)
             spans = place_span_arrays(lengths, segs, rng, ratio=self.cfg.mask_ratio)
             if spans is not None and len(spans[0]):
+                if len(segs) == 1:  # placed in one segment: already in text order
+                    return spans
                 by_start = spans[0].argsort()
                 return spans[0][by_start], spans[1][by_start]
         return None
