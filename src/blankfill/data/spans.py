@@ -94,6 +94,13 @@ def place_span_arrays(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """``place_spans`` as int64 ``(starts [k], ends [k])`` in placement order, or None."""
     lengths = np.asarray(lengths, dtype=np.int64)[rng.permutation(len(lengths))]
+    if (
+        len(segments) == 1
+        and 0 < len(lengths)
+        and int(lengths.sum()) + len(lengths) - 1 <= segments[0][1]
+    ):
+        s = _spans_in_segment(lengths, *segments[0], rng)  # one document, every span fits
+        return s, s + lengths
     order = sorted(range(len(segments)), key=lambda i: segments[i][1])
     starts, ends, used = [], [], 0
     for rank, i in enumerate(order):
