@@ -27,8 +27,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: A span: half-open ``(start, end)`` indices into the text.
-Span = tuple[int, int]
+from .spans import (  # re-exported: the span steps of the glossary above
+    Span,
+    document_segments,
+    place_spans,
+    sample_span_lengths,
+    sentence_spans,
+    span_length_pmf,
+)
+
+__all__ = [
+    "Example",
+    "Span",
+    "build_blocks",
+    "build_suffix",
+    "document_segments",
+    "place_spans",
+    "reconstruct",
+    "sample_span_lengths",
+    "sentence_spans",
+    "span_length_pmf",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,126 +260,6 @@ def build_suffix(
         position_ids=np.stack([pos, blk]),
         context_len=s + 1,
     )
-
-
-def span_length_pmf(poisson_lambda: float, max_span_length: int) -> np.ndarray:
-    """Poisson(λ) restricted to lengths 1..max_span_length-1 and renormalised: float64 [max-1]."""
-    k = np.arange(1, max_span_length, dtype=np.float64)
-    logp = k * np.log(poisson_lambda) - poisson_lambda - np.cumsum(np.log(k))
-    p = np.exp(logp - logp.max())
-    return p / p.sum()
-
-
-def sample_span_lengths(target: int, rng: np.random.Generator, *, pmf: np.ndarray) -> list[int]:
-    """Draw span lengths from ``pmf`` (index i = length i+1) until they total at least ``target``.
-
-    Same distribution as the official one-at-a-time loop; drawn in chunks for speed.
-    """
-    if target <= 0:
-        return []
-    mean = float(np.dot(np.arange(1, len(pmf) + 1), pmf))
-    out: list[int] = []
-    total = 0
-    # Exactly what ``rng.choice(len(pmf), size=need, p=pmf)`` draws, without its checks.
-    cdf = pmf.cumsum()
-    cdf /= cdf[-1]
-    while total < target:
-        need = int((target - total) / mean) + 4
-        draws = cdf.searchsorted(rng.random(need), side="right") + 1
-        csum = total + draws.cumsum()
-        stop = int(csum.searchsorted(target))  # first index with csum >= target
-        if stop < need:
-            out.extend(draws[: stop + 1].tolist())
-            return out
-        out.extend(draws.tolist())
-        total = int(csum[-1])
-    return out
-
-
-def document_segments(tokens: np.ndarray, *, cls_id: int, eos_id: int) -> list[tuple[int, int]]:
-    """The maskable ``(offset, length)`` region of each document in a text.
-
-    Documents end at ``eos``; the ``[CLS]`` that opens a document and the final ``eos`` are never
-    maskable (official ``sample_span_in_document``).
-    """
-    eos = np.flatnonzero(tokens == eos_id).tolist()
-    bounds = [-1, *eos]
-    n = len(tokens)
-    segs = []
-    for k, b in enumerate(bounds):
-        start = b + 1
-        if start < n and tokens[start] == cls_id:
-            start += 1
-        stop = bounds[k + 1] if k + 1 < len(bounds) else n
-        segs.append((start, max(0, stop - start)))
-    return segs
-
-
-def _spans_in_segment(
-    lengths: list[int], offset: int, length: int, rng: np.random.Generator
-) -> list[Span]:
-    """Place spans uniformly at random in a segment, non-overlapping, >= 1 visible token apart."""
-    free = length - sum(lengths) - len(lengths) + 1
-    places = np.sort(rng.integers(0, free + 1, size=len(lengths)))
-    spans = []
-    for place, m in zip(places.tolist(), lengths, strict=False):
-        spans.append((offset + place, offset + place + m))
-        offset += m + 1
-    return spans
-
-
-def place_spans(
-    lengths: list[int],
-    segments: list[tuple[int, int]],
-    rng: np.random.Generator,
-    *,
-    ratio: float,
-) -> list[Span] | None:
-    """Place span lengths into document segments (official ``sample_span_in_document``).
-
-    The lengths are shuffled; each document but the longest gets spans totalling at most
-    ``floor(ratio * its length)``; the longest takes the rest. Returns None when not every span
-    fits (the official code drops such a sample; the caller redraws).
-    """
-    lengths = [lengths[i] for i in rng.permutation(len(lengths))]
-    order = sorted(range(len(segments)), key=lambda i: segments[i][1])
-    spans: list[Span] = []
-    used = 0
-    for rank, i in enumerate(order):
-        offset, length = segments[i]
-        take, total = 0, 0
-        last = rank == len(order) - 1
-        budget = int(length * ratio)
-        while used + take < len(lengths):
-            m = lengths[used + take]
-            if (m + total + take > length) if last else (m + total > budget):
-                break
-            total += m
-            take += 1
-        if take:
-            spans += _spans_in_segment(lengths[used : used + take], offset, length, rng)
-            used += take
-    return spans if used == len(lengths) else None
-
-
-def sentence_spans(
-    tokens: np.ndarray, sentence_end: np.ndarray, *, cls_id: int, eos_id: int
-) -> list[Span]:
-    """Maximal runs of text that end at a sentence end or before ``eos`` (``[CLS]``/eos excluded)."""
-    spans = []
-    last = 0
-    for i in range(len(tokens)):
-        t = tokens[i]
-        if t == eos_id or t == cls_id:
-            if last < i:
-                spans.append((last, i))
-            last = i + 1
-        elif sentence_end[i]:
-            spans.append((last, i + 1))
-            last = i + 1
-    if last < len(tokens):
-        spans.append((last, len(tokens)))
-    return spans
 
 
 def reconstruct(

@@ -25,7 +25,8 @@ from .batch import Batch
 from .corrupt import Example
 from .objectives import Corruptor, choose_objective, draw_generation_len
 from .pack import collate_pack, collate_pad
-from .samples import SplitView, epoch_windows, raw_sample
+from .samples import SplitView, epoch_windows, raw_sample, raw_samples
+from .seeding import SampleGenerators
 from .store import TokenStore, special_to_dict
 from .workers import prefetched
 
@@ -107,6 +108,7 @@ class PretrainLoader:
         self.corruptor = Corruptor(corrupt_cfg, special)
         self.samples_per_epoch = max(1, self.view.num_tokens // max(1, data_cfg.seq_len - 1))
         self._windows: tuple[int, np.ndarray, float] | None = None
+        self._rngs = SampleGenerators(data_cfg.seed)  # default_rng([seed, epoch, i]), faster
         self._step = 0
 
     # -- the pure stream ------------------------------------------------------------------------
@@ -120,31 +122,51 @@ class PretrainLoader:
 
     def raw(self, g: int) -> tuple[Any, np.random.Generator]:
         """Global sample g before corruption, and its generator (positioned after the draw)."""
+        epoch, i = divmod(g, self.samples_per_epoch)
+        rng = np.random.default_rng([self.cfg.seed, epoch, i])
+        return self._raw(g, rng), rng
+
+    def _anchor(self, g: int) -> int:
+        """The split token that global sample g starts from."""
         n, total = self.samples_per_epoch, self.view.num_tokens
         epoch, i = divmod(g, n)
         perm, shift = self._epoch_windows(epoch)
-        anchor = min(int((perm[i] + shift) * total / n), total - 1)
-        rng = np.random.default_rng([self.cfg.seed, epoch, i])
-        sample = raw_sample(
-            self.view, anchor, rng, seq_len=self.cfg.seq_len, special=self.special,
+        return min(int((perm[i] + shift) * total / n), total - 1)
+
+    def _anchors(self, first: int, count: int) -> list[int]:
+        """``[self._anchor(g) for g in range(first, first + count)]`` (the same float steps)."""
+        n, total = self.samples_per_epoch, self.view.num_tokens
+        epoch, i = divmod(first, n)
+        if i + count > n:  # the range runs into the next epoch
+            return [self._anchor(g) for g in range(first, first + count)]
+        perm, shift = self._epoch_windows(epoch)
+        at = ((perm[i : i + count] + shift) * total / n).astype(np.int64)
+        return np.minimum(at, total - 1).tolist()
+
+    def _raw(self, g: int, rng: np.random.Generator) -> Any:
+        return raw_sample(
+            self.view, self._anchor(g), rng, seq_len=self.cfg.seq_len, special=self.special,
             sample_across_doc=self.cfg.sample_across_doc, index=g,
         )  # fmt: skip
-        return sample, rng
 
     def examples(self, first: int, count: int) -> list[Example]:
         """Global samples ``first .. first+count-1``, corrupted (one objective group)."""
-        raws = [self.raw(g) for g in range(first, first + count)]
+        ids = range(first, first + count)
+        rngs = self._rngs([divmod(g, self.samples_per_epoch) for g in ids])  # as ``raw``'s
+        raws = raw_samples(
+            self.view, self._anchors(first, count), rngs, seq_len=self.cfg.seq_len,
+            special=self.special, sample_across_doc=self.cfg.sample_across_doc, indices=list(ids),
+        )  # fmt: skip
         objective = generation_len = None
         if self.corrupt_cfg.mix_per == "batch":
             epoch, i = divmod(first, self.samples_per_epoch)
             grng = np.random.default_rng([self.cfg.seed, epoch, i, 1])
             objective = choose_objective(grng.random(), self.corrupt_cfg)
-            lengths = [len(s) for s, _ in raws]
+            lengths = [len(s) for s in raws]
             generation_len = draw_generation_len(grng, lengths, self.corrupt_cfg.document_min_ratio)
-        return [
-            self.corruptor(s, rng, objective=objective, generation_len=generation_len)
-            for s, rng in raws
-        ]
+        return self.corruptor.corrupt_batch(
+            raws, rngs, objective=objective, generation_len=generation_len
+        )
 
     def batch(self, step: int) -> Batch:
         """This rank's batch at ``step`` (a pure function of the step)."""

@@ -26,15 +26,15 @@ import numpy as np
 
 from ..config import CorruptConfig
 from .baselines import build_causal, build_masked
-from .corrupt import (
-    Example,
-    build_blocks,
-    build_suffix,
+from .corrupt import Example, build_blocks, build_suffix
+from .layout import SpanPlan, build_blocks_batch
+from .spans import (
     document_segments,
-    place_spans,
-    sample_span_lengths,
-    sentence_spans,
+    place_span_arrays,
+    sentence_span_arrays,
+    span_length_array,
     span_length_pmf,
+    span_length_table,
 )
 
 TOKEN, SENTENCE, DOCUMENT = 0, 1, 2  # indices into OBJECTIVES
@@ -96,6 +96,7 @@ class Corruptor:
             int(special.gmask if special.gmask is not None else special.mask),
         )
         self.pmf = span_length_pmf(cfg.poisson_lambda, cfg.max_span_length)
+        self.cdf, self.mean = span_length_table(self.pmf)
         self.sentinel_ids: list[int] | None = None
         if cfg.sentinels:
             self.sentinel_ids = list(range(cfg.sentinel_start, cfg.sentinel_start + cfg.sentinels))
@@ -123,104 +124,144 @@ class Corruptor:
             objective: force an objective (per-batch mix); None draws it from ``rng``.
             generation_len: document level: the batch's g (per-batch mix); None draws it.
         """
+        obj, plan = self.plan(sample, rng, objective=objective, generation_len=generation_len)
+        if isinstance(plan, SpanPlan):
+            plan = build_blocks(
+                sample.tokens,
+                np.stack([plan.starts, plan.ends], axis=1),
+                mask_id=plan.mask_id,
+                sop_id=self.sop,
+                eop_id=self.eop,
+                order=plan.order,
+                block_positions=self.cfg.block_positions,
+                sentinel_ids=self.sentinel_ids if plan.sentinel else None,
+            )
+        return replace(plan, objective=obj, sample_index=sample.index)
+
+    def corrupt_batch(
+        self,
+        samples: list[RawSample],
+        rngs: list[np.random.Generator],
+        *,
+        objective: int | None = None,
+        generation_len: int | None = None,
+    ) -> list[Example]:
+        """``[self(s, rng, ...) for s, rng in zip(samples, rngs)]``, with the Part A / Part B
+        layout of all span objectives built in one batched pass (``build_blocks_batch``)."""
+        plans = [
+            self.plan(s, r, objective=objective, generation_len=generation_len)
+            for s, r in zip(samples, rngs, strict=True)
+        ]
+        spans = [i for i, (_, p) in enumerate(plans) if isinstance(p, SpanPlan)]
+        built = build_blocks_batch(
+            [samples[i].tokens for i in spans],
+            [plans[i][1] for i in spans],
+            sop_id=self.sop,
+            eop_id=self.eop,
+            block_positions=self.cfg.block_positions,
+            sentinel_ids=self.sentinel_ids,
+            objectives=[plans[i][0] for i in spans],
+            sample_indices=[samples[i].index for i in spans],
+        )
+        out: list[Example] = []
+        it = iter(built)
+        for s, (obj, p) in zip(samples, plans, strict=True):
+            out.append(next(it) if isinstance(p, SpanPlan) else replace(
+                p, objective=obj, sample_index=s.index))  # fmt: skip
+        return out
+
+    def plan(
+        self,
+        sample: RawSample,
+        rng: np.random.Generator,
+        *,
+        objective: int | None = None,
+        generation_len: int | None = None,
+    ) -> tuple[int, SpanPlan | Example]:
+        """Every draw of one sample: its objective and its spans (or the finished Example of
+        the suffix form and the baselines). Arguments as ``__call__``."""
         if len(sample) < 3:
             raise ValueError(f"a sample needs at least 3 tokens ([CLS] x [eos]), got {len(sample)}")
         u = rng.random()  # always drawn, so the stream does not depend on the mix
         if self.cfg.objective == "masked_lm":
-            spans = self._token_spans(sample, rng) or []
-            ex = build_masked(sample.tokens, spans, mask_id=self.mask_ids[TOKEN])
-            return replace(ex, objective=TOKEN, sample_index=sample.index)
+            found = self._token_spans(sample, rng)
+            spans = [] if found is None else np.stack(found, axis=1).tolist()
+            return TOKEN, build_masked(sample.tokens, spans, mask_id=self.mask_ids[TOKEN])
         if self.cfg.objective == "causal_lm":
-            ex = build_causal(sample.tokens, sample.loss_mask)
-            return replace(ex, objective=DOCUMENT, sample_index=sample.index)
+            return DOCUMENT, build_causal(sample.tokens, sample.loss_mask)
         obj = choose_objective(u, self.cfg) if objective is None else objective
+        plan: SpanPlan | Example | None = None
         if obj == SENTENCE:
-            ex = self.sentence_level(sample, rng)
-            obj = SENTENCE if ex is not None else TOKEN
-        else:
-            ex = None
+            plan = self.sentence_level(sample, rng)
+            obj = SENTENCE if plan is not None else TOKEN
         if obj == TOKEN:
-            ex = self.token_level(sample, rng)
-            obj = TOKEN if ex is not None else DOCUMENT
+            plan = self.token_level(sample, rng)
+            obj = TOKEN if plan is not None else DOCUMENT
         if obj == DOCUMENT:
             if generation_len is None:
                 generation_len = draw_generation_len(
                     rng, [len(sample)], self.cfg.document_min_ratio
                 )
-            ex = self.document_level(sample, rng, generation_len)
-        assert ex is not None
-        return replace(ex, objective=obj, sample_index=sample.index)
+            plan = self.document_level(sample, rng, generation_len)
+        assert plan is not None
+        return obj, plan
 
-    def _order(self, k: int, rng: np.random.Generator) -> list[int] | None:
-        return rng.permutation(k).tolist() if self.cfg.shuffle_spans else None
+    def _plan(self, starts, ends, mask_id: int, rng, sentinel: bool = False) -> SpanPlan:
+        order = rng.permutation(len(starts)) if self.cfg.shuffle_spans else None
+        return SpanPlan(starts, ends, order, mask_id, sentinel)
 
-    def _blocks(self, sample: RawSample, spans, mask_id: int, rng, sentinel_ids=None) -> Example:
-        return build_blocks(
-            sample.tokens,
-            spans,
-            mask_id=mask_id,
-            sop_id=self.sop,
-            eop_id=self.eop,
-            order=self._order(len(spans), rng),
-            block_positions=self.cfg.block_positions,
-            sentinel_ids=sentinel_ids,
-        )
-
-    def _token_spans(self, sample: RawSample, rng: np.random.Generator) -> list | None:
-        """Poisson spans covering ``mask_ratio`` of the text, sorted; None if they do not fit."""
+    def _token_spans(self, sample: RawSample, rng: np.random.Generator):
+        """Poisson spans covering ``mask_ratio`` of the text as sorted int64 (starts, ends);
+        None if they do not fit."""
         segs = document_segments(sample.tokens, cls_id=self.cls, eos_id=self.eos)
         target = int(self.cfg.mask_ratio * len(sample))
         for _ in range(_MAX_REDRAWS):
-            lengths = sample_span_lengths(target, rng, pmf=self.pmf)
-            spans = place_spans(lengths, segs, rng, ratio=self.cfg.mask_ratio)
-            if spans is not None and spans:
-                return sorted(spans)
+            lengths = span_length_array(target, rng, self.cdf, self.mean)
+            spans = place_span_arrays(lengths, segs, rng, ratio=self.cfg.mask_ratio)
+            if spans is not None and len(spans[0]):
+                if len(segs) == 1:  # placed in one segment: already in text order
+                    return spans
+                by_start = spans[0].argsort()
+                return spans[0][by_start], spans[1][by_start]
         return None
 
-    def token_level(self, sample: RawSample, rng: np.random.Generator) -> Example | None:
+    def token_level(self, sample: RawSample, rng: np.random.Generator) -> SpanPlan | None:
         """``[MASK]`` (or sentinel) spans; None if they cannot be placed (many short documents)."""
         spans = self._token_spans(sample, rng)
         if spans is None:
             return None
-        return self._blocks(sample, spans, self.mask_ids[TOKEN], rng, self.sentinel_ids)
+        return self._plan(*spans, self.mask_ids[TOKEN], rng, self.sentinel_ids is not None)
 
-    def sentence_level(self, sample: RawSample, rng: np.random.Generator) -> Example | None:
+    def sentence_level(self, sample: RawSample, rng: np.random.Generator) -> SpanPlan | None:
         """Whole sentences as ``[sMASK]`` spans; None when the text has no sentence."""
-        sents = sentence_spans(sample.tokens, sample.sentence_end, cls_id=self.cls, eos_id=self.eos)
-        if not sents:
+        starts, ends = sentence_span_arrays(
+            sample.tokens, sample.sentence_end, cls_id=self.cls, eos_id=self.eos
+        )
+        if not len(starts):
             return None
         target = int(self.cfg.sentence_ratio * len(sample))
-        chosen, covered = [], 0
-        for i in rng.permutation(len(sents)).tolist():
-            chosen.append(sents[i])
-            covered += sents[i][1] - sents[i][0]
-            if covered >= target:
-                break
-        chosen.sort()
-        return self._blocks(sample, chosen, self.mask_ids[SENTENCE], rng)
+        perm = rng.permutation(len(starts))
+        # shuffled sentences until they cover the target (the first that reaches it included)
+        stop = int((ends - starts)[perm].cumsum().searchsorted(target))
+        chosen = np.sort(perm[: stop + 1])
+        return self._plan(starts[chosen], ends[chosen], self.mask_ids[SENTENCE], rng)
 
     def document_level(
         self, sample: RawSample, rng: np.random.Generator, generation_len: int
-    ) -> Example:
-        """One ``[gMASK]`` span of ``min(generation_len, L - 2)`` tokens (suffix or infill form)."""
+    ) -> SpanPlan | Example:
+        """One ``[gMASK]`` span of ``min(generation_len, L - 2)`` tokens: the suffix form (an
+        Example) or the infill form (a plan)."""
         L = len(sample)
         g = max(1, min(int(generation_len), L - 2))
         eos_at = np.flatnonzero(sample.tokens == self.eos)
         suffix = len(eos_at) > 0 and eos_at[0] != L - 1  # more than one document in the text
-        if suffix or rng.random() < self.cfg.document_suffix_prob:
-            return build_suffix(
-                sample.tokens,
-                g,
-                gmask_id=self.mask_ids[DOCUMENT],
-                sop_id=self.sop,
-                loss_mask=sample.loss_mask,
-                block_positions=self.cfg.block_positions,
-            )
-        segs = document_segments(sample.tokens, cls_id=self.cls, eos_id=self.eos)
-        spans = place_spans([g], segs, rng, ratio=1.0)
-        if not spans:  # the document is shorter than g (cut text): fall back to the suffix form
-            return build_suffix(
-                sample.tokens, g, gmask_id=self.mask_ids[DOCUMENT], sop_id=self.sop,
-                loss_mask=sample.loss_mask, block_positions=self.cfg.block_positions,
-            )  # fmt: skip
-        return self._blocks(sample, spans, self.mask_ids[DOCUMENT], rng)
+        if not suffix and not rng.random() < self.cfg.document_suffix_prob:
+            segs = document_segments(sample.tokens, cls_id=self.cls, eos_id=self.eos)
+            spans = place_span_arrays(np.array([g]), segs, rng, ratio=1.0)
+            if spans is not None and len(spans[0]):
+                return self._plan(*spans, self.mask_ids[DOCUMENT], rng)
+        # else, or when the document is shorter than g (cut text): the suffix form
+        return build_suffix(
+            sample.tokens, g, gmask_id=self.mask_ids[DOCUMENT], sop_id=self.sop,
+            loss_mask=sample.loss_mask, block_positions=self.cfg.block_positions,
+        )  # fmt: skip

@@ -56,8 +56,9 @@ def _rows_to_batch(
             sl = slice(o, o + len(ex))
             ids[r, sl], labels[r, sl], loss[r, sl] = ex.input_ids, ex.labels, ex.loss_mask
             pos[r, :, sl] = ex.position_ids
-            obj[r, sl][ex.loss_mask > 0] = ex.objective  # only target tokens carry it
+            obj[r, sl] = ex.objective
             o += len(ex)
+    obj[loss <= 0] = -1  # only target tokens carry their sample's objective
     return Batch(
         input_ids=torch.from_numpy(ids),
         labels=torch.from_numpy(labels),

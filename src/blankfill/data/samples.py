@@ -192,3 +192,113 @@ def _window_sample(
     sentence_end = np.zeros(L, bool)
     sentence_end[1 : 1 + m] = ends[start - lo : stop - lo]
     return RawSample(tokens=tokens, loss_mask=loss_mask, sentence_end=sentence_end, index=index)
+
+
+def raw_samples(
+    view: SplitView,
+    anchors: list[int],
+    rngs: list[np.random.Generator],
+    *,
+    seq_len: int,
+    special: Any,
+    sample_across_doc: bool = True,
+    indices: list[int],
+) -> list[RawSample]:
+    """``[raw_sample(view, a, rng, ..., index=i) for ...]``, the windows of a one-shard store
+    (nearly every sample of a corpus of long documents) computed together.
+
+    Each window makes the one draw ``raw_sample`` makes (the walk's direction) from its own
+    generator; the walk, the cut and the gathers run over the batch as [W, ~seq_len] arrays.
+    """
+    anchors_a = np.asarray(anchors, np.int64)
+    d = view.cum.searchsorted(anchors_a, side="right") - 1  # [N] document of each anchor
+    n_doc = view.lengths[d]  # [N]
+    store = view.store
+    window = (n_doc + 2 > seq_len) & (len(store.shards) == 1)  # [N]
+    out: list[RawSample | None] = [None] * len(anchors)
+    for j in np.flatnonzero(~window).tolist():
+        out[j] = raw_sample(
+            view, anchors[j], rngs[j], seq_len=seq_len, special=special,
+            sample_across_doc=sample_across_doc, index=indices[j],
+        )  # fmt: skip
+    w = np.flatnonzero(window)
+    if len(w):
+        rows = _windows(
+            view, d[w], anchors_a[w] - view.cum[d[w]], [rngs[j] for j in w.tolist()],
+            seq_len=seq_len, cls=int(special.cls), eos=int(special.eos),
+            indices=[indices[j] for j in w.tolist()],
+        )  # fmt: skip
+        for j, row in zip(w.tolist(), rows, strict=True):
+            out[j] = row
+    return out  # type: ignore[return-value]
+
+
+def _windows(
+    view: SplitView,
+    d: np.ndarray,
+    offset: np.ndarray,
+    rngs: list[np.random.Generator],
+    *,
+    seq_len: int,
+    cls: int,
+    eos: int,
+    indices: list[int],
+) -> list[RawSample]:
+    """``_window_sample`` for W documents of a one-shard store at once (same steps, as arrays)."""
+    store = view.store
+    W = len(d)
+    n_doc, s0 = view.lengths[d], view.starts[d]  # [W]
+    n, limit = seq_len - 1, seq_len // 2
+    start = np.minimum(offset, n_doc + 1 - n)
+    lo = np.maximum(0, start - limit - 1)
+    hi = np.minimum(n_doc, start + limit + n)
+    # E[w, j]: token lo + j of document w ends a sentence (0 <= j < hi - lo, False after)
+    width = 2 * limit + n + 2
+    ends_g = store._shard_ends()[0]  # sorted store indices of sentence ends
+    a, b = ends_g.searchsorted(s0 + lo), ends_g.searchsorted(s0 + hi)  # [W]
+    cnt = b - a
+    row = np.repeat(np.arange(W), cnt)
+    at = np.arange(int(cnt.sum())) + np.repeat(a - (cnt.cumsum() - cnt), cnt)
+    E = np.zeros((W, width), bool)
+    E[row, ends_g[at] - (s0 + lo)[row]] = True
+    # the walk to a sentence start (``_snap_start``): one direction draw per window
+    step = np.array([-1 if r.random() < 0.5 else 1 for r in rngs], np.int64)  # [W]
+    steps = np.maximum(np.minimum(limit, np.where(step > 0, n_doc - 1 - start, start - 1)), 0)
+    t = np.arange(limit + 1)
+    idx = start[:, None] + step[:, None] * t  # [W, limit + 1] positions visited
+    col = np.clip(idx - 1 - lo[:, None], 0, width - 1)
+    hit = ((idx == 0) | np.take_along_axis(E, col, axis=1)) & (t <= steps[:, None])
+    first = hit.argmax(axis=1)
+    found = hit[np.arange(W), first]
+    start = np.minimum(np.where(found, idx[np.arange(W), first], start), n_doc + 1 - n)
+    # the end: the document's eos, or the last sentence end of the window (``_cut_at_...``)
+    with_eos = start + n > n_doc
+    # start - lo <= 2 * limit + 1: the walk moved at most limit from lo + limit + 1
+    assert (start - lo + n <= width).all(), "the window must lie inside the sentence-end rows"
+    win = np.take_along_axis(E, (start - lo)[:, None] + np.arange(n), axis=1)  # [W, n]
+    last = n - 1 - win[:, ::-1].argmax(axis=1)  # [W] last sentence end (if any)
+    cut = np.where(win.any(axis=1) & (last + 1 >= n // 2), last + 1, n)
+    m = np.where(with_eos, n_doc - start, cut)  # [W] document tokens kept
+    L = 1 + m + with_eos
+    # one flat buffer: [CLS] + tokens (+ eos) per window, filled with slices
+    o = L.cumsum() - L
+    flat_tok = np.empty(int(L.sum()), np.int64)
+    flat_tok[o] = cls
+    flat_tok[o + L - 1] = eos  # overwritten below where the window has no eos
+    flat_end = np.zeros(len(flat_tok), bool)
+    flat_lm = np.ones(len(flat_tok), np.float32)
+    flat_lm[o] = 0.0
+    tokens, out = store.tokens, []
+    at, first_end = (s0 + start).tolist(), (start - lo).tolist()
+    for w, (i, k, j, g) in enumerate(zip(o.tolist(), L.tolist(), m.tolist(), indices, strict=True)):
+        flat_tok[i + 1 : i + 1 + j] = tokens[at[w] : at[w] + j]
+        flat_end[i + 1 : i + 1 + j] = E[w, first_end[w] : first_end[w] + j]
+        out.append(
+            RawSample(
+                tokens=flat_tok[i : i + k],
+                loss_mask=flat_lm[i : i + k],
+                sentence_end=flat_end[i : i + k],
+                index=g,
+            )  # fmt: skip
+        )
+    return out
