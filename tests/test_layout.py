@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from blankfill.config import CorruptConfig
 from blankfill.data.corrupt import build_blocks, build_suffix
-from blankfill.data.objectives import Corruptor, RawSample
+from blankfill.data.objectives import TOKEN, Corruptor, RawSample
 from blankfill.finetune import lm
 from blankfill.finetune.cloze import ClozeInput, collate
 from blankfill.generate import InfillIds, generate
@@ -102,7 +102,7 @@ def test_cloze_rows_equal_what_the_corruptor_gives_a_single_span(name):
                        sentence_end=np.zeros(27, bool))  # fmt: skip
     checked = 0
     for seed in range(20):
-        ex = corrupt.token_level(sample, np.random.default_rng(seed))
+        ex = corrupt(sample, np.random.default_rng(seed), objective=TOKEN)
         sep = ex.context_len
         if int((ex.input_ids[sep:] == SP.sop).sum()) != 1:
             continue
