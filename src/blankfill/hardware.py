@@ -159,6 +159,20 @@ def _no_native_bf16() -> PrecisionChoice:
     return PrecisionChoice("fp32", f"CPU {cpu_model()!r} has no native bf16 (amx/avx512_bf16)")
 
 
+def _unmeasured_choice(
+    device: torch.device, flags: frozenset[str] | None, gpu_without_bf16: str
+) -> PrecisionChoice | list[str]:
+    """The choice both precision checks make without measuring (a GPU, another device type, a
+    CPU without native bf16), or else the CPU's native bf16 flags, for the caller to measure."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice("bf16", f"{torch.cuda.get_device_name(device)} supports bf16")
+        return PrecisionChoice("fp32", gpu_without_bf16)
+    if device.type != "cpu":
+        return PrecisionChoice("fp32", f"no bf16 check for device type {device.type}")
+    return native_bf16_flags(flags) or _no_native_bf16()
+
+
 def choose_precision(
     device: torch.device,
     *,
@@ -174,15 +188,9 @@ def choose_precision(
     (``mlp_speedup``, under a second). ``width`` None measures at ``DEFAULT_WIDTH``. ``flags`` replaces the CPU's own flags
     (for tests).
     """
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return PrecisionChoice("bf16", f"{torch.cuda.get_device_name(device)} supports bf16")
-        return PrecisionChoice("fp32", "this GPU has no bf16 (use fp16 explicitly)")
-    if device.type != "cpu":
-        return PrecisionChoice("fp32", f"no bf16 check for device type {device.type}")
-    native = native_bf16_flags(flags)
-    if not native:
-        return _no_native_bf16()
+    native = _unmeasured_choice(device, flags, "this GPU has no bf16 (use fp16 explicitly)")
+    if isinstance(native, PrecisionChoice):
+        return native
     if width is not None and width < CPU_BF16_MIN_WIDTH:
         return PrecisionChoice(
             "fp32",
@@ -256,15 +264,9 @@ def choose_decoding_precision(
     chosen: it changes more fills, so it stays opt-in. ``flags`` replaces the CPU's own flags
     (for tests).
     """
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return PrecisionChoice("bf16", f"{torch.cuda.get_device_name(device)} supports bf16")
-        return PrecisionChoice("fp32", "this GPU has no bf16")
-    if device.type != "cpu":
-        return PrecisionChoice("fp32", f"no bf16 check for device type {device.type}")
-    native = native_bf16_flags(flags)
-    if not native:
-        return _no_native_bf16()
+    native = _unmeasured_choice(device, flags, "this GPU has no bf16")
+    if isinstance(native, PrecisionChoice):
+        return native
     if not measure:
         return PrecisionChoice("bf16", f"CPU has {', '.join(native)} (not measured)")
     ratio = _bf16_decode_speedup()
