@@ -48,11 +48,17 @@ def targets(results: dict) -> list[tuple[str, str, float | None, float]]:
     for label, r in (("token-level, pad", token), ("50/25/25 mix, pad", multi)):
         out.append(("4", f"data tokens/s per core / 300 TFLOP/s GPU for glm-small ({label})",
                     None if r is None else r["data_over_gpu"], 5.0))  # fmt: skip
-    prep = max(_rows(results, "prepare", "prepare_speed"),
-               key=lambda r: r["ratio_prepare_over_raw"], default=None)  # fmt: skip
+    prep = _best_prepare(results)
     out.append(("5", "prepare / raw encode_batch",
                 None if prep is None else prep["ratio_prepare_over_raw"], 0.8))  # fmt: skip
     return out
+
+
+def _best_prepare(results: dict) -> dict | None:
+    """The prepare_speed row with the best ratio to raw encode_batch (rows of a ``--no-raw`` run
+    have no ratio and are left out)."""
+    rows = [r for r in _rows(results, "prepare", "prepare_speed") if "ratio_prepare_over_raw" in r]
+    return max(rows, key=lambda r: r["ratio_prepare_over_raw"], default=None)
 
 
 def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
@@ -146,8 +152,7 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
                          f"{r.get('median_wait_ms', '')} | {r['stall']} | "
                          f"{_fmt(r['tokens_per_s'])} |")  # fmt: skip
         lines += [""]
-    preps = list(_rows(results, "prepare", "prepare_speed"))
-    prep = max(preps, key=lambda r: r["ratio_prepare_over_raw"], default=None)
+    prep = _best_prepare(results)
     if prep:
         lines += ["## prepare vs raw tokenizers encode_batch", "", _when(results, "prepare"), "",
                   f"{prep['files']} files, {prep['input_mb']} MB: prepare "

@@ -149,12 +149,13 @@ def measure_speed(out: Path, vocab: int, precision: str) -> float:
     from blankfill.demo import steps_per_minute
     from blankfill.model import GLM
     from blankfill.tokenizer import load_tokenizer
+    from blankfill.train.engine import DTYPES
 
     shared = out / "shared"
     cfg = load_config(RunConfig, BASE, base_overrides(out, "speed", 0, vocab))
     tok = load_tokenizer(shared / "tokenizer")
     data = PretrainLoader(cfg.data.store, cfg.data, cfg.corrupt, tok.special)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = DTYPES.get(precision)  # the engine's autocast dtypes; fp32: none
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         spm = steps_per_minute(cfg, GLM(cfg.model), data)
     say(f"plan: {spm:.0f} steps/min measured for variant (a) at {precision}")
