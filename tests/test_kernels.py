@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blankfill.kernels import PackedEmbedding, PackedLinear, decoding_kernels_, onednn_available
+from blankfill.kernels import (
+    PackedEmbedding,
+    PackedLinear,
+    decoding_kernels_,
+    is_column_major,
+    onednn_available,
+    single_row_mkl_speedup,
+)
 from blankfill.model import GLM
 from blankfill.testing import tiny_config
 
@@ -63,3 +70,32 @@ def test_packed_model_keeps_state_dict_and_logits_and_copies():
         torch.testing.assert_close(packed(ids, context_len=6), want, rtol=1e-5, atol=1e-5)
         for twin in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
             torch.testing.assert_close(twin(ids, context_len=6), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("single_row_mkl", [True, False])
+def test_single_rows_by_mkl_on_column_major_weights(single_row_mkl):
+    torch.manual_seed(0)
+    model = GLM(tiny_config()).eval()
+    fast = decoding_kernels_(copy.deepcopy(model), single_row_mkl=single_row_mkl)
+    lin = fast.transformer.layers[0].mlp.dense_h_to_4h
+    assert is_column_major(lin.weight) is single_row_mkl
+    assert is_column_major(fast.word_embeddings.weight) is single_row_mkl
+    assert list(fast.state_dict()) == list(model.state_dict())
+    ids = torch.randint(10, 300, (1, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids), model(ids), rtol=1e-5, atol=1e-5)
+        # one row: MKL on the column-major weight, so no packed copy exists yet (and none is
+        # ever made for a model that only decodes single rows)
+        assert (lin._packed.weight is None) is single_row_mkl
+        ids = torch.randint(10, 300, (2, 5))
+        torch.testing.assert_close(fast(ids, context_len=3), model(ids, context_len=3),
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        assert lin._packed.weight is not None  # more rows: oneDNN
+        bf16 = copy.deepcopy(fast).to(torch.bfloat16)  # bf16 rows always go to oneDNN
+        bf16(ids[:1, :1])
+        assert bf16.transformer.layers[0].mlp.dense_h_to_4h._packed.weight.dtype == torch.bfloat16
+
+
+def test_single_row_choice_is_measured():
+    ratio = single_row_mkl_speedup()
+    assert ratio > 0 and single_row_mkl_speedup() == ratio  # measured once per process

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from .config import DecodingConfig, from_dict
-from .kernels import decoding_kernels_, onednn_available
+from .kernels import column_major_, decoding_kernels_, onednn_available
 from .layout import PartBLayout
 from .model import GLM, KVCache, build_attention_mask
 
@@ -87,21 +86,15 @@ def decoding_layout_(model: GLM) -> GLM:
 
     With oneDNN (every x86 PyTorch wheel): the blocks' Linears and the output layer are swapped
     for oneDNN-packed ones (``blankfill.kernels``), 1.3-2.5x faster per decoding matmul than
-    MKL's on the development box. Without it: the Linear and output matrices are stored
-    column-major, so ``F.linear`` (``x @ weight.T``) is a plain GEMM, which MKL runs about twice
-    as fast as the transposed one for the few rows of a step (HF's GPT-2 ``Conv1D`` stores its
-    weights that way). Idempotent; nothing changes off the CPU or with gradients on (training).
-    ``BlankFiller`` applies it.
+    MKL's on the development box from two rows up; one-row fp32 calls go to MKL on column-major
+    weights where that measures faster. Without oneDNN: the matrices are stored column-major
+    (``kernels.column_major_``), so ``F.linear`` is MKL's plain GEMM, about twice as fast as the
+    transposed one for the few rows of a step. Idempotent; nothing changes off the CPU or with
+    gradients on (training). ``BlankFiller`` applies it.
     """
     if onednn_available():
         return decoding_kernels_(model)
-    matrices = [model.word_embeddings.weight]
-    matrices += [m.weight for m in model.transformer.layers.modules() if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        for p in matrices:
-            if p.device.type == "cpu" and p.stride() != (1, p.shape[0]):
-                p.data = p.data.t().contiguous().t()
-    return model
+    return column_major_(model)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,10 +15,19 @@ bf16. The packed copy is made on first use and remade whenever the weight change
 or device, an in-place update), so ``model.to(torch.bfloat16)`` afterwards packs bf16 weights.
 The arithmetic is fp32 (or bf16) as before; only the order of the additions differs, so logits
 move by rounding (~1e-6 relative), as between any two BLAS libraries.
+
+One row (batch-1 decoding) is the exception that is measured, not assumed: on another AMD EPYC
+(Zen 4 class, 2026-12-01) MKL's plain GEMM on a column-major fp32 weight streamed 13-16 GB/s for
+one row against oneDNN's 9-11 GB/s, while oneDNN stayed ahead from two rows up. So
+``decoding_kernels_`` times both once per process (:func:`single_row_mkl_speedup`, ~0.1 s) and,
+where MKL wins, stores the fp32 matrices column-major (in place: no second copy) and sends one-row
+fp32 calls to MKL; the packed copy is then made only if more rows come (a prompt, a batch).
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from typing import Any
 
 import torch
@@ -31,6 +40,8 @@ from .model import GLM, WordEmbedding
 # faster for 2-16 rows (batched decoding) and the prompt's hundreds (spec: README "Speed").
 PACK_ROWS_HINT = 8
 PACKABLE = (torch.float32, torch.bfloat16)
+# MKL must run a one-row fp32 matmul this much faster than oneDNN to be used for single rows.
+SINGLE_ROW_MKL_MIN_SPEEDUP = 1.1
 
 
 def onednn_available() -> bool:
@@ -72,6 +83,8 @@ def _packed_linear(
     if not _usable(x, w) or (b is not None and b.dtype != w.dtype):
         return F.linear(x, w, b)
     x2 = x.reshape(-1, x.shape[-1])  # [N, in]
+    if x2.shape[0] == 1 and w.dtype == torch.float32 and is_column_major(w):
+        return F.linear(x, w, b)  # MKL's plain GEMM on w.T (chosen by decoding_kernels_)
     y = torch.ops.mkldnn._linear_pointwise(x2, packed.get(w), b, "none", [], "")  # [N, out]
     return y.view(*x.shape[:-1], w.shape[0])
 
@@ -111,14 +124,85 @@ class PackedEmbedding(WordEmbedding):
         return {**self.__dict__, "_packed": _Packed()}
 
 
-def decoding_kernels_(model: GLM) -> GLM:
+def is_column_major(w: torch.Tensor) -> bool:
+    """Whether the [out, in] matrix ``w`` is stored column-major (``w.T`` contiguous)."""
+    return w.dim() == 2 and w.shape[0] > 1 and w.stride() == (1, w.shape[0])
+
+
+def column_major_(model: GLM) -> GLM:
+    """Store the blocks' Linear and the output matrices column-major on the CPU; in place.
+
+    Values, shapes and ``state_dict`` keys are unchanged; ``F.linear`` (``x @ weight.T``) then
+    is MKL's plain GEMM, which it runs faster than the transposed one for the few rows of a
+    decoding step (HF's GPT-2 ``Conv1D`` stores its weights that way).
+    """
+    matrices = [model.word_embeddings.weight]
+    matrices += [m.weight for m in model.transformer.layers.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for p in matrices:
+            if p.device.type == "cpu" and not is_column_major(p):
+                p.data = p.data.t().contiguous().t()
+    return model
+
+
+@functools.cache
+def single_row_mkl_speedup(seconds: float = 0.1) -> float:
+    """How many times faster one row times a 2048 x 512 fp32 weight runs by MKL on the
+    column-major weight than by oneDNN on its packed copy (weights rotated through 100 MB so
+    they come from memory, as in a decoding step; each call's best of alternated rounds, so a
+    call that waited for another process does not count). Measured once per process."""
+    torch.manual_seed(0)
+    weights = [torch.randn(512, 2048).t() for _ in range(24)]  # column-major [2048, 512]
+    bias = torch.zeros(2048)
+    packed = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch_size=PACK_ROWS_HINT)
+              for w in weights]  # fmt: skip
+    x = torch.randn(1, 512)
+
+    def calls(run, ws: list[torch.Tensor]) -> list[float]:
+        out = []
+        for w in ws:
+            t0 = time.perf_counter()
+            run(w)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    def mkl(w: torch.Tensor) -> None:
+        F.linear(x, w, bias)
+
+    def onednn(w: torch.Tensor) -> None:
+        torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+    with torch.no_grad():
+        calls(mkl, weights), calls(onednn, packed)  # warm-up
+        t_mkl, t_dnn = [float("inf")] * len(weights), [float("inf")] * len(packed)
+        deadline, n = time.perf_counter() + seconds, 0
+        while n < 5 or time.perf_counter() < deadline:
+            t_mkl = list(map(min, t_mkl, calls(mkl, weights)))
+            t_dnn, n = list(map(min, t_dnn, calls(onednn, packed))), n + 1
+    return sum(t_dnn) / sum(t_mkl)
+
+
+def single_row_by_mkl() -> bool:
+    """Whether one-row fp32 decoding matmuls go to MKL (measured; see the module docstring)."""
+    return onednn_available() and single_row_mkl_speedup() >= SINGLE_ROW_MKL_MIN_SPEEDUP
+
+
+def decoding_kernels_(model: GLM, *, single_row_mkl: bool | None = None) -> GLM:
     """Swap in the packed oneDNN Linears and output layer (see the module docstring); in place.
 
+    Args:
+        model: the model (its CPU matrices are used; others fall back to ``F.linear``).
+        single_row_mkl: store the matrices column-major so one-row fp32 calls run by MKL;
+            None: where :func:`single_row_by_mkl` measures it faster.
+
     Idempotent; does nothing where PyTorch has no oneDNN. Parameters are shared, not copied, but
-    the packed copies take as much memory again as the matrices they mirror (made on first use).
+    the packed copies take as much memory again as the matrices they mirror (made on first use,
+    i.e. not at all for a model that only ever decodes single rows by MKL).
     """
     if not onednn_available():
         return model
+    if single_row_by_mkl() if single_row_mkl is None else single_row_mkl:
+        column_major_(model)
     for block in model.transformer.layers:
         for parent in (block.attention, block.mlp):
             for name, child in list(parent.named_children()):
