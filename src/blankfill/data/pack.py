@@ -8,7 +8,7 @@
   Part A ends), which the model expands on the device (``model.build_segment_mask``: query i sees
   key j iff both are in the same sample and j is in that sample's Part A or j <= i). Each padding
   token is a segment of its own, so it attends to itself only and no attention row is empty.
-  Compact: 2 x 4 bytes per token instead of a [R, 1, T, T] bool mask (~5 MB a glm-small batch)
+  Compact: 2 x 4 bytes per token instead of a [R, 1, T, T] bool mask (6.5 MB a glm-small batch)
   built in numpy and copied between processes.
 """
 
