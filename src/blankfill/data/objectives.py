@@ -147,8 +147,9 @@ class Corruptor:
         objective: int | None = None,
         generation_len: int | None = None,
     ) -> list[Example]:
-        """``[self(s, rng, ...) for s, rng in zip(samples, rngs)]``, with the Part A / Part B
-        layout of all span objectives built in one batched pass (``build_blocks_batch``)."""
+        """``[self(s, rng, ...) for s, rng in zip(samples, rngs)]``, planned by ``plan_batch``
+        and with the Part A / Part B layout of all span objectives built in one batched pass
+        (``build_blocks_batch``)."""
         plans = self.plan_batch(samples, rngs, objective=objective, generation_len=generation_len)
         spans = [i for i, (_, p) in enumerate(plans) if isinstance(p, SpanPlan)]
         built = build_blocks_batch(

@@ -3,7 +3,8 @@
 Pure functions; randomness arrives as ``np.random.Generator``. Each public function keeps the
 list-of-tuples form of the official code; the ``*_arrays`` cores return int64 arrays (what the
 corruptor uses) and make exactly the same draws, so both give the same spans from the same
-generator. Re-exported by ``blankfill.data.corrupt``.
+generator; ``one_region_spans_batch`` makes the same draws for a batch of one-document texts.
+Re-exported by ``blankfill.data.corrupt``.
 """
 
 from __future__ import annotations
