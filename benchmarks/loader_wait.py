@@ -1,6 +1,6 @@
 """Is the loader off the critical path? Consume batches at a simulated GPU rate and count waits.
 
-    python benchmarks/loader_wait.py [--store DIR] [--steps 60] [--gpu-tflops 300 30]
+    python benchmarks/loader_wait.py [--store DIR] [--steps 60] [--gpu-tflops 300 30] [--layout pack]
 
 A consumer takes glm-small batches (seq 512, batch 16, 50/25/25 objective mix) from
 ``PretrainLoader`` and "computes" each for as long as one GPU at ``--gpu-tflops`` would
@@ -26,9 +26,14 @@ from blankfill.data.loader import PretrainLoader
 from blankfill.data.store import TokenStore
 
 
-def consume(store: TokenStore, workers: int, steps: int, gpu_tps: float, wait_ms: float) -> dict:
+def consume(
+    store: TokenStore, workers: int, steps: int, gpu_tps: float, wait_ms: float, layout: str
+) -> dict:
     ccfg = CorruptConfig(token_prob=0.5, sentence_prob=0.25, document_prob=0.25)
-    dcfg = DataConfig(seq_len=512, batch_size=16, num_workers=workers)
+    dcfg = DataConfig(
+        seq_len=512, batch_size=16, num_workers=workers, layout=layout,
+        sample_across_doc=layout == "pad",
+    )  # fmt: skip
     it = iter(PretrainLoader(store.path, dcfg, ccfg, store.special))
     next(it)  # start-up (worker processes, first batch) is not part of the steady state
     waits, waited, tokens, each = 0, 0.0, 0, []
@@ -46,7 +51,7 @@ def consume(store: TokenStore, workers: int, steps: int, gpu_tps: float, wait_ms
     dt = time.perf_counter() - t0
     del it
     return {
-        "what": "loader_wait", "num_workers": workers, "steps": steps, "waits": waits,
+        "what": "loader_wait", "layout": layout, "num_workers": workers, "steps": steps, "waits": waits,
         "stall": round(waited / dt, 3), "tokens_per_s": round(tokens / dt),
         "median_wait_ms": round(sorted(each)[len(each) // 2] * 1e3, 2),
         "gpu_tokens_per_s": round(gpu_tps),
@@ -66,6 +71,7 @@ def main() -> None:
     )
     p.add_argument("--wait-ms", type=float, default=1.0, help="a longer next() is a wait")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--layout", choices=["pad", "pack"], default="pad", help="data.layout")
     args = p.parse_args()
     torch.set_num_threads(1)
     emit({"what": "machine", **machine()})
@@ -74,7 +80,7 @@ def main() -> None:
         gpu = gpu_consumption("glm-small", 512, tflops)["tokens_per_s"]
         for rep in range(2):  # alternate the order so load changes hit both
             for w in args.workers if rep == 0 else args.workers[::-1]:
-                row = consume(store, w, args.steps // 2, gpu, args.wait_ms)
+                row = consume(store, w, args.steps // 2, gpu, args.wait_ms, args.layout)
                 emit({**row, "gpu_tflops": tflops, "repeat": rep})
 
 

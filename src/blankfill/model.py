@@ -68,22 +68,57 @@ def build_attention_mask(
     return causal.view(1, 1, T, S) | (k.view(1, 1, 1, S) < sep)  # [B, 1, T, S]
 
 
+def build_segment_mask(segment_ids: torch.Tensor, context_end: torch.Tensor) -> torch.Tensor:
+    """The GLM mask of packed rows (several samples per row) from per-token segment ids.
+
+    Query q sees key k iff both are in the same segment (sample) and k is in that sample's
+    Part A (``k < context_end[q]``) or ``k <= q`` (causal): ``build_attention_mask`` for each
+    sample, and nothing across samples. ``collate_pack`` gives every padding token a segment of
+    its own, so padding attends to itself only and no row is empty.
+
+    Args:
+        segment_ids: int [B, T]: the segment (sample of the row) of each token.
+        context_end: int [B, T]: row index where the Part A of each token's sample ends (the
+            sample's first index + its ``context_len``).
+
+    Returns:
+        Bool tensor [B, 1, T, T].
+    """
+    T = segment_ids.shape[-1]
+    idx = torch.arange(T, device=segment_ids.device)
+    q, k = idx.view(T, 1), idx.view(1, T)  # [T, 1], [1, T]
+    same = segment_ids.unsqueeze(-1) == segment_ids.unsqueeze(-2)  # [B, T, T]
+    seen = (k <= q) | (k < context_end.unsqueeze(-1))  # [B, T, T]
+    return (same & seen).unsqueeze(1)  # [B, 1, T, T]
+
+
 def flex_block_mask(
     context_len: torch.Tensor | int | None,
     attention_mask: torch.Tensor | None,
     B: int,
     T: int,
     device: torch.device | None = None,
+    *,
+    segment_ids: torch.Tensor | None = None,
+    context_end: torch.Tensor | None = None,
 ) -> BlockMask:
-    """The same mask as ``build_attention_mask`` (or an explicit [B, 1, T, T] one, e.g. packed
-    rows) as a FlexAttention ``BlockMask``, built once per batch. Blocks that no query of a tile
-    may see (Part A's view of Part B, other samples of a packed row) are skipped, not computed.
+    """The same mask as ``build_attention_mask`` (or ``build_segment_mask`` from packed rows'
+    ``segment_ids``/``context_end`` [B, T], or an explicit [B, 1, T, T] one) as a FlexAttention
+    ``BlockMask``, built once per batch. Blocks that no query of a tile may see (Part A's view of
+    Part B, other samples of a packed row) are skipped, not computed.
     """
     if attention_mask is not None:
         dense = attention_mask.bool()  # [B or 1, 1, T, T]
 
         def mask_mod(b, h, q, k):
             return dense[b if dense.shape[0] > 1 else 0, 0, q, k]
+
+    elif segment_ids is not None:
+        assert context_end is not None, "segment_ids need their context_end"
+        seg, end = segment_ids, context_end  # [B, T] each
+
+        def mask_mod(b, h, q, k):
+            return (seg[b, q] == seg[b, k]) & ((k <= q) | (k < end[b, q]))
 
     else:
         sep = torch.as_tensor(0 if context_len is None else context_len, device=device)
@@ -379,7 +414,7 @@ class GLM(nn.Module):
     """GLM: word + position + block-position embeddings, pre-LN blocks, tied output layer.
 
     Call ``model(input_ids, position_ids=None, context_len=None, attention_mask=None,
-    kv_cache=None)`` for logits [B, T, V]. ``model.hidden(...)`` gives the final-LayerNorm states
+    kv_cache=None, *, segment_ids=None, context_end=None)`` for logits [B, T, V]. ``model.hidden(...)`` gives the final-LayerNorm states
     [B, T, D] (a classifier head, or logits on selected rows only via ``model.logits``).
     """
 
@@ -438,6 +473,9 @@ class GLM(nn.Module):
         context_len: torch.Tensor | int | None = None,
         attention_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        *,
+        segment_ids: torch.Tensor | None = None,
+        context_end: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-LayerNorm hidden states [B, T, D]; arguments as in ``forward``."""
         B, T = input_ids.shape
@@ -462,6 +500,8 @@ class GLM(nn.Module):
             x = x + self.transformer.block_position_embeddings(block)
         x = self.transformer.embedding_dropout(x)
 
+        p = self.config.attention_dropout_prob if self.training else 0.0
+        flex = use_flex(self.config.attention, x.device, p, kv_cache is not None)
         if attention_mask is not None:
             if (
                 attention_mask.dim() != 4
@@ -473,15 +513,27 @@ class GLM(nn.Module):
                     f"got {tuple(attention_mask.shape)}"
                 )
             mask = attention_mask[..., -S:].bool()  # only the last S key columns count (spec §1.3)
+            if flex:
+                mask = flex_block_mask(None, mask, B, T, x.device)
+        elif segment_ids is not None:
+            ok = context_end is not None and segment_ids.shape == context_end.shape == (B, T)
+            if not ok or kv_cache is not None:
+                raise ValueError(
+                    f"packed rows need segment_ids and context_end of [B, T] = [{B}, {T}] and no "
+                    "kv_cache (incremental decoding: pass an attention_mask)"
+                )
+            if flex:  # the block mask reads the ids directly: no dense [B, 1, T, T] mask
+                mask = flex_block_mask(
+                    None, None, B, T, x.device, segment_ids=segment_ids, context_end=context_end
+                )
+            else:
+                mask = build_segment_mask(segment_ids, context_end)
+        elif flex:
+            mask = flex_block_mask(context_len, None, B, T, x.device)
         elif context_len is not None:
             mask = build_attention_mask(context_len, T, S, input_ids.device)
         else:
             mask = None  # fully causal (the hub port's default); built lazily in attention
-        p = self.config.attention_dropout_prob if self.training else 0.0
-        if use_flex(self.config.attention, x.device, p, kv_cache is not None):
-            mask = flex_block_mask(
-                context_len, None if attention_mask is None else mask, B, T, x.device
-            )
         for i, layer in enumerate(self.transformer.layers):
             x = layer(x, mask, kv_cache, i)
         if kv_cache is not None:
@@ -499,6 +551,9 @@ class GLM(nn.Module):
         context_len: torch.Tensor | int | None = None,
         attention_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        *,
+        segment_ids: torch.Tensor | None = None,
+        context_end: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V].
 
@@ -512,12 +567,20 @@ class GLM(nn.Module):
             attention_mask: bool/0-1 tensor [B, 1, T, S'] with S' >= S (cache + T); the last S key
                 columns are used. Takes precedence over ``context_len``.
             kv_cache: a ``KVCache`` extended in place with this call's keys and values.
+            segment_ids: int [B, T], packed rows (``collate_pack``): the sample of the row each
+                token belongs to; with ``context_end`` [B, T] (where that sample's Part A ends)
+                the mask is ``build_segment_mask``'s. Takes precedence over ``context_len``;
+                ``attention_mask`` over it. No ``kv_cache``.
+            context_end: int [B, T], with ``segment_ids``.
 
-        With neither ``context_len`` nor ``attention_mask`` attention is fully causal.
+        With neither ``context_len``, ``segment_ids`` nor ``attention_mask`` attention is fully
+        causal.
         """
-        return self.logits(
-            self.hidden(input_ids, position_ids, context_len, attention_mask, kv_cache)
-        )
+        h = self.hidden(
+            input_ids, position_ids, context_len, attention_mask, kv_cache,
+            segment_ids=segment_ids, context_end=context_end,
+        )  # fmt: skip
+        return self.logits(h)
 
 
 def count_parameters(cfg: ModelConfig) -> int:

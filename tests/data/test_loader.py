@@ -12,7 +12,7 @@ from blankfill.data.corrupt import Example, build_blocks, span_length_pmf
 from blankfill.data.loader import PretrainLoader, split_documents
 from blankfill.data.objectives import DOCUMENT, SENTENCE, TOKEN, Corruptor, RawSample
 from blankfill.data.pack import collate_pack, collate_pad, pack_rows, packing_efficiency
-from blankfill.model import GLM, build_attention_mask
+from blankfill.model import GLM, build_attention_mask, build_segment_mask
 from blankfill.testing import tiny_config
 from blankfill.tokenizer import SpecialTokens
 
@@ -106,16 +106,18 @@ def test_pack_matches_separate_forwards():
     padded = collate_pad(exs)
     with torch.no_grad():
         ref = model(padded.input_ids, padded.position_ids.clone(), context_len=padded.context_len)
-        out = model(packed.input_ids, packed.position_ids, attention_mask=packed.attention_mask)
+        out = model(packed.input_ids, packed.position_ids, segment_ids=packed.segment_ids,
+                    context_end=packed.context_end)  # fmt: skip
+    dense = build_segment_mask(packed.segment_ids, packed.context_end)  # [R, 1, T, T]
     for row, members in enumerate(rows):
         o = 0
         for i in members:
             n = len(exs[i])
             torch.testing.assert_close(out[row, o : o + n], ref[i, :n], atol=1e-5, rtol=1e-5)
             mask = build_attention_mask(exs[i].context_len, n, n)[0, 0]
-            assert torch.equal(packed.attention_mask[row, 0, o : o + n, o : o + n], mask)
+            assert torch.equal(dense[row, 0, o : o + n, o : o + n], mask)
             o += n
-        assert not packed.attention_mask[row, 0, :o, o:].any()  # no view into padding
+        assert not dense[row, 0, :o, o:].any()  # no view into padding
 
 
 def test_padded_batch_objective_and_loss():
@@ -213,7 +215,9 @@ def test_valid_split_is_disjoint(store_dir):
 def test_packed_layout_from_loader(store_dir):
     ld = _loader(store_dir, batch=6, layout="pack", sample_across_doc=False, seq_len=1024)
     batch = next(iter(ld))
-    assert batch.attention_mask is not None and batch.attention_mask.dtype == torch.bool
+    assert batch.attention_mask is None and batch.segment_ids.dtype == torch.int32
+    mask = build_segment_mask(batch.segment_ids, batch.context_end)
+    assert mask.shape == (len(batch.input_ids), 1, 1280, 1280) and mask.any(dim=-1).all()
     assert batch.input_ids.shape[0] < 6  # short documents share rows
     assert batch.input_ids.shape[1] == 1280
 

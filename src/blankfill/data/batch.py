@@ -23,7 +23,13 @@ class Batch:
         objective: LongTensor [B, T]: index into ``OBJECTIVES`` per target token, -1 elsewhere.
         sample_index: LongTensor [B]: global index of (the first) sample in each row.
         context_len: LongTensor [B] | None: |Part A| per row (padded layout).
-        attention_mask: BoolTensor [B, 1, T, T] | None: explicit mask (packed layout).
+        attention_mask: BoolTensor [B, 1, T, T] | None: an explicit mask (fine-tuning batches
+            built by hand; the loader's layouts carry one of the compact forms).
+        segment_ids: IntTensor [B, T] | None: packed layout: the sample of the row each token
+            belongs to (every padding token a segment of its own).
+        context_end: IntTensor [B, T] | None: packed layout: the row index where the Part A of
+            each token's sample ends. The model expands both to the mask on the device
+            (``model.build_segment_mask``).
     """
 
     input_ids: torch.Tensor
@@ -34,6 +40,8 @@ class Batch:
     sample_index: torch.Tensor
     context_len: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
+    segment_ids: torch.Tensor | None = None
+    context_end: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch on ``device``; from pinned memory the copies are asynchronous (stream-ordered,

@@ -30,6 +30,7 @@ from .corrupt import Example, build_blocks, build_suffix
 from .layout import SpanPlan, build_blocks_batch
 from .spans import (
     document_segments,
+    one_region_spans_batch,
     place_span_arrays,
     sentence_span_arrays,
     span_length_array,
@@ -146,12 +147,10 @@ class Corruptor:
         objective: int | None = None,
         generation_len: int | None = None,
     ) -> list[Example]:
-        """``[self(s, rng, ...) for s, rng in zip(samples, rngs)]``, with the Part A / Part B
-        layout of all span objectives built in one batched pass (``build_blocks_batch``)."""
-        plans = [
-            self.plan(s, r, objective=objective, generation_len=generation_len)
-            for s, r in zip(samples, rngs, strict=True)
-        ]
+        """``[self(s, rng, ...) for s, rng in zip(samples, rngs)]``, planned by ``plan_batch``
+        and with the Part A / Part B layout of all span objectives built in one batched pass
+        (``build_blocks_batch``)."""
+        plans = self.plan_batch(samples, rngs, objective=objective, generation_len=generation_len)
         spans = [i for i, (_, p) in enumerate(plans) if isinstance(p, SpanPlan)]
         built = build_blocks_batch(
             [samples[i].tokens for i in spans],
@@ -198,24 +197,67 @@ class Corruptor:
             plan = self.token_level(sample, rng)
             obj = TOKEN if plan is not None else DOCUMENT
         if obj == DOCUMENT:
-            if generation_len is None:
-                generation_len = draw_generation_len(
-                    rng, [len(sample)], self.cfg.document_min_ratio
-                )
-            plan = self.document_level(sample, rng, generation_len)
+            plan = self._document(sample, rng, generation_len)
         assert plan is not None
         return obj, plan
+
+    def plan_batch(
+        self,
+        samples: list[RawSample],
+        rngs: list[np.random.Generator],
+        *,
+        objective: int | None = None,
+        generation_len: int | None = None,
+    ) -> list[tuple[int, SpanPlan | Example]]:
+        """``[self.plan(s, rng, ...) for ...]``: the same draws from each generator, with the
+        token-level spans of one-document texts (nearly all) drawn for the batch at once
+        (``one_region_spans_batch``)."""
+        if self.cfg.objective != "glm":
+            return [
+                self.plan(s, r, objective=objective, generation_len=generation_len)
+                for s, r in zip(samples, rngs, strict=True)
+            ]
+        out: list = [None] * len(samples)
+        token = []  # samples left for the token level, in order
+        for i, (sample, rng) in enumerate(zip(samples, rngs, strict=True)):
+            if len(sample) < 3:
+                raise ValueError(
+                    f"a sample needs at least 3 tokens ([CLS] x [eos]), got {len(sample)}"
+                )
+            u = rng.random()  # as plan: the same draws in the same order, per generator
+            obj = choose_objective(u, self.cfg) if objective is None else objective
+            if obj == SENTENCE and (plan := self.sentence_level(sample, rng)) is not None:
+                out[i] = (SENTENCE, plan)
+            elif obj != DOCUMENT:
+                token.append(i)
+            else:
+                out[i] = (DOCUMENT, self._document(sample, rng, generation_len))
+        found = self._token_spans_batch([samples[i] for i in token], [rngs[i] for i in token])
+        for i, spans in zip(token, found, strict=True):
+            if spans is None:
+                out[i] = (DOCUMENT, self._document(samples[i], rngs[i], generation_len))
+            else:
+                sentinel = self.sentinel_ids is not None
+                out[i] = (TOKEN, self._plan(*spans, self.mask_ids[TOKEN], rngs[i], sentinel))
+        return out
+
+    def _document(
+        self, sample: RawSample, rng: np.random.Generator, generation_len: int | None
+    ) -> SpanPlan | Example:
+        if generation_len is None:
+            generation_len = draw_generation_len(rng, [len(sample)], self.cfg.document_min_ratio)
+        return self.document_level(sample, rng, generation_len)
 
     def _plan(self, starts, ends, mask_id: int, rng, sentinel: bool = False) -> SpanPlan:
         order = rng.permutation(len(starts)) if self.cfg.shuffle_spans else None
         return SpanPlan(starts, ends, order, mask_id, sentinel)
 
-    def _token_spans(self, sample: RawSample, rng: np.random.Generator):
+    def _token_spans(self, sample: RawSample, rng: np.random.Generator, tries: int = _MAX_REDRAWS):
         """Poisson spans covering ``mask_ratio`` of the text as sorted int64 (starts, ends);
-        None if they do not fit."""
+        None if they do not fit in ``tries`` draws."""
         segs = document_segments(sample.tokens, cls_id=self.cls, eos_id=self.eos)
         target = int(self.cfg.mask_ratio * len(sample))
-        for _ in range(_MAX_REDRAWS):
+        for _ in range(tries):
             lengths = span_length_array(target, rng, self.cdf, self.mean)
             spans = place_span_arrays(lengths, segs, rng, ratio=self.cfg.mask_ratio)
             if spans is not None and len(spans[0]):
@@ -224,6 +266,36 @@ class Corruptor:
                 by_start = spans[0].argsort()
                 return spans[0][by_start], spans[1][by_start]
         return None
+
+    def _token_spans_batch(self, samples: list[RawSample], rngs: list[np.random.Generator]):
+        """``[self._token_spans(s, r) for ...]``; texts of one document take their first try
+        batched (``one_region_spans_batch``), the rest (and the redraws) go one by one."""
+        if not samples:
+            return []
+        n = np.array([len(s) for s in samples], np.int64)  # [F]
+        first = n.cumsum() - n
+        X = np.concatenate([s.tokens for s in samples])  # [N] the texts end to end
+        is_eos = X == self.eos
+        last_eos = is_eos[first + n - 1]  # [F]
+        inner_eos = np.add.reduceat(is_eos.astype(np.int64), first) - last_eos  # [F]
+        offset = (X[first] == self.cls).astype(np.int64)  # [F] as document_segments
+        room = n - last_eos - offset  # [F] the one document's maskable length
+        targets = np.array([int(self.cfg.mask_ratio * len(s)) for s in samples], np.int64)
+        one = np.flatnonzero((inner_eos == 0) & (room > 0) & (targets > 0))
+        out = [None] * len(samples)
+        got = one_region_spans_batch(
+            targets[one], offset[one], room[one], [rngs[i] for i in one.tolist()], self.cdf,
+            self.mean,
+        )  # fmt: skip
+        for i, spans in zip(one.tolist(), got, strict=True):
+            if spans is None:  # the first try did not fit: the redraws, one by one
+                spans = self._token_spans(samples[i], rngs[i], _MAX_REDRAWS - 1)
+            out[i] = spans
+        rest = np.ones(len(samples), bool)
+        rest[one] = False
+        for i in np.flatnonzero(rest).tolist():  # several documents, or nothing to mask
+            out[i] = self._token_spans(samples[i], rngs[i])
+        return out
 
     def token_level(self, sample: RawSample, rng: np.random.Generator) -> SpanPlan | None:
         """``[MASK]`` (or sentinel) spans; None if they cannot be placed (many short documents)."""

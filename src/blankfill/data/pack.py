@@ -3,9 +3,13 @@
 - ``collate_pad``: the official layout (``ConstructBlockStrategy.pad_batch``): each row holds one
   sample, right-padded with 0 to the longest; attention comes from ``context_len`` per row.
 - ``collate_pack``: samples are packed first-fit into rows of at most ``row_len`` tokens; each
-  sample keeps its own positions and attention is isolated between samples by an explicit bool
-  mask [B, 1, T, T] (query i sees key j iff both are in the same sample and j is in that sample's
-  Part A or j <= i). Padding rows/columns are all False except the diagonal, so no row is empty.
+  sample keeps its own positions, and attention is isolated between samples by per-token
+  ``segment_ids`` [R, T] (the sample of the row) and ``context_end`` [R, T] (where that sample's
+  Part A ends), which the model expands on the device (``model.build_segment_mask``: query i sees
+  key j iff both are in the same sample and j is in that sample's Part A or j <= i). Each padding
+  token is a segment of its own, so it attends to itself only and no attention row is empty.
+  Compact: 2 x 4 bytes per token instead of a [R, 1, T, T] bool mask (6.5 MB a glm-small batch)
+  built in numpy and copied between processes.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def _rows_to_batch(
 ) -> Batch:
     """Write each row's samples one after another into [R, T] arrays (zeros after them).
 
-    ``layout`` is the row's attention form: ``context_len`` [R] or ``attention_mask``.
+    ``layout`` is the row's attention form: ``context_len`` [R] or ``segment_ids`` and
+    ``context_end`` [R, T].
     """
     R = len(rows)
     ids = np.zeros((R, T), np.int64)
@@ -92,25 +97,27 @@ def collate_pack(examples: Sequence[Example], *, row_len: int) -> Batch:
     """Pack samples into as few rows of ``row_len`` tokens as first-fit allows.
 
     Returns:
-        A ``Batch`` of R <= B rows, T = ``row_len``, with ``attention_mask`` [R, 1, T, T] (bool) and
-        ``context_len`` None; ``sample_index`` is the first sample of each row.
+        A ``Batch`` of R <= B rows, T = ``row_len``, with ``segment_ids`` and ``context_end``
+        [R, T] (int32; see the module docstring) and ``context_len`` None; ``sample_index`` is the
+        first sample of each row.
     """
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     rows = pack_rows([len(e) for e in examples], row_len)
     R, T = len(rows), row_len
-    mask = np.zeros((R, 1, T, T), bool)
-    causal = np.tri(T, dtype=bool)  # [T, T]: key k <= query q
-    idx = np.arange(T)
+    # padding token t: segment T + t, one of its own (samples are segments 0 .. len(row) - 1)
+    seg = np.tile(np.arange(T, 2 * T, dtype=np.int32), (R, 1))  # [R, T]
+    end = np.zeros((R, T), np.int32)  # [R, T] (0 for padding: it sees itself by causality)
     for r, members in enumerate(rows):
         o = 0
-        for i in members:
-            n, sep = len(examples[i]), examples[i].context_len
-            mask[r, 0, o : o + n, o : o + n] = causal[:n, :n]  # Part B: causal within the sample
-            mask[r, 0, o : o + n, o : o + sep] = True  # Part A: seen by the whole sample
+        for j, i in enumerate(members):
+            n = len(examples[i])
+            seg[r, o : o + n] = j
+            end[r, o : o + n] = o + examples[i].context_len
             o += n
-        mask[r, 0, idx[o:], idx[o:]] = True  # padding attends to itself only (no empty rows)
-    return _rows_to_batch(examples, rows, T, attention_mask=torch.from_numpy(mask))
+    return _rows_to_batch(
+        examples, rows, T, segment_ids=torch.from_numpy(seg), context_end=torch.from_numpy(end)
+    )
 
 
 def packing_efficiency(examples: Sequence[Example], batch: Batch) -> float:

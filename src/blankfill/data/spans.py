@@ -3,7 +3,8 @@
 Pure functions; randomness arrives as ``np.random.Generator``. Each public function keeps the
 list-of-tuples form of the official code; the ``*_arrays`` cores return int64 arrays (what the
 corruptor uses) and make exactly the same draws, so both give the same spans from the same
-generator. Re-exported by ``blankfill.data.corrupt``.
+generator; ``one_region_spans_batch`` makes the same draws for a batch of one-document texts.
+Re-exported by ``blankfill.data.corrupt``.
 """
 
 from __future__ import annotations
@@ -166,3 +167,81 @@ def sentence_spans(
         np.asarray(tokens), np.asarray(sentence_end, bool), cls_id=cls_id, eos_id=eos_id
     )
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def one_region_spans_batch(
+    targets: np.ndarray,
+    offsets: np.ndarray,
+    room: np.ndarray,
+    rngs: list[np.random.Generator],
+    cdf: np.ndarray,
+    mean: float,
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """The first try of ``span_length_array`` then ``place_span_arrays`` for texts whose maskable
+    tokens are one region (one document: ``[CLS] doc`` or ``[CLS] doc [eos]``), batched.
+
+    Each generator makes exactly the draws of the per-text path (lengths, their shuffle, the
+    gaps); the arithmetic between the draws runs over the batch at once.
+
+    Args:
+        targets: int [F] masked tokens to reach per text (> 0).
+        offsets, room: int [F] the region's first index and length (> 0).
+        rngs: F generators.
+        cdf, mean: ``span_length_table(pmf)``.
+
+    Returns:
+        Per text, sorted int64 ``(starts [k], ends [k])``, or None where the spans did not fit
+        (the caller redraws, as ``Corruptor._token_spans``).
+    """
+    if not rngs:
+        return []
+    need = [int(t / mean) + 4 for t in targets.tolist()]  # span_length_array's first chunk
+    u = np.concatenate([r.random(n) for r, n in zip(rngs, need, strict=True)])
+    draws = cdf.searchsorted(u, side="right") + 1  # [sum(need)]
+    first = np.cumsum(need) - need  # [F] each text's first draw
+    csum = draws.cumsum()
+    csum -= np.repeat(csum[first] - draws[first], need)  # running sum within each text
+    stop = np.add.reduceat((csum < np.repeat(targets, need)).astype(np.int64), first)  # [F]
+    pieces = []  # per text: its shuffled span lengths (placement order)
+    rows = zip(rngs, first.tolist(), need, stop.tolist(), targets.tolist(), strict=True)
+    for r, a, n, below, t in rows:  # below: draws whose running sum is under the target
+        if below < n:
+            d = draws[a : a + below + 1]
+        else:  # the first chunk fell short: the loop goes on from its total
+            more = span_length_array(t - int(csum[a + n - 1]), r, cdf, mean)
+            d = np.concatenate([draws[a : a + n], more])
+        pieces.append(d[r.permutation(len(d))])
+    k = np.array([len(p) for p in pieces], np.int64)  # [F]
+    lengths = np.concatenate(pieces)  # [K]
+    kfirst = k.cumsum() - k
+    total = np.add.reduceat(lengths, kfirst)  # [F]
+    free = room - total - k + 1  # [F] gap tokens beyond the one between neighbours
+    fit = free >= 0
+    places = []
+    for i, (r, f, n) in enumerate(zip(rngs, free.tolist(), k.tolist(), strict=True)):
+        if f >= 0:
+            places.append(r.integers(0, f + 1, size=n))
+            continue
+        # as place_span_arrays: the spans that fit are placed (a draw), then the try fails
+        rest = pieces[i]
+        take = int((rest.cumsum() + np.arange(len(rest))).searchsorted(room[i], "right"))
+        if take:
+            _spans_in_segment(rest[:take], int(offsets[i]), int(room[i]), r)
+    if not places:
+        return [None] * len(rngs)
+    sel = np.flatnonzero(fit)
+    m = np.concatenate([pieces[i] for i in sel])  # [M] lengths of the texts that fit
+    km = k[sel]
+    group = np.repeat(np.arange(len(sel)), km)  # [M]
+    width = int(free[sel].max()) + 2
+    p = np.sort(np.concatenate(places) + group * width) - group * width  # sorted within a text
+    step = (m + 1).cumsum()
+    before = step - (m + 1)  # [M] exclusive running sum within the batch ...
+    mfirst = km.cumsum() - km
+    before -= np.repeat(before[mfirst], km)  # ... within its text
+    starts = np.repeat(offsets[sel], km) + p + before
+    ends = starts + m
+    spans: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(rngs)
+    for i, a, n in zip(sel.tolist(), mfirst.tolist(), km.tolist(), strict=True):
+        spans[i] = (starts[a : a + n], ends[a : a + n])
+    return spans

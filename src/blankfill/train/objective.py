@@ -51,8 +51,9 @@ class TargetLogits(nn.Module):
     def forward(self, batch: Batch, index: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [N, V] of the target rows (``index`` from ``target_index``; else computed)."""
         h = self.glm.hidden(
-            batch.input_ids, batch.position_ids, batch.context_len, batch.attention_mask
-        )  # [B, T, D]
+            batch.input_ids, batch.position_ids, batch.context_len, batch.attention_mask,
+            segment_ids=batch.segment_ids, context_end=batch.context_end,
+        )  # [B, T, D]  # fmt: skip
         index = target_index(batch) if index is None else index
         return self.glm.logits(h.flatten(0, 1).index_select(0, index))  # [N, V]
 
