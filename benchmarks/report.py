@@ -105,7 +105,10 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
     curve = next(iter(_rows(results, "bf16", "bf16_curve")), None)
     if curve:
         lines += ["## bf16 vs fp32 loss curves", "", _when(results, "bf16"), "",
-                  f"{curve['steps']} steps, final losses {curve['final_loss']}; gap bf16-fp32 "
+                  f"{curve['steps']} steps, {curve.get('seeds', 1)} dropout seed(s) per precision; "
+                  f"final losses {curve['final_loss']}"
+                  + (f" (mean, sd: {curve['final_loss_mean_sd']})" if "final_loss_mean_sd" in curve else "")
+                  + f"; gap bf16-fp32 "
                   f"{curve['gap_bf16_vs_fp32']} vs seed-to-seed gap {curve['gap_seed_vs_fp32']} "
                   f"(ratio {curve['gap_ratio']}); bf16 speed-up in CPU time "
                   f"{curve['bf16_speedup_cpu']}x.", "", "![bf16 vs fp32](bf16_curve.png)", ""]  # fmt: skip
