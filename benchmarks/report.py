@@ -95,6 +95,11 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
             lines.append(f"Matmul peaks ({peak['threads']} thread(s), 512x512): fp32 "
                          f"{peak['fp32_gflops']} GFLOP/s, bf16 {peak['bf16_gflops']} GFLOP/s.")  # fmt: skip
             lines.append("")
+        linears = next(iter(_rows(results, "train", "training_linears")), None)
+        if linears:
+            lines += [f"GLM fp32's Linears: {'oneDNN' if linears['onednn'] else 'MKL'} "
+                      f"(`blankfill.kernels` measured oneDNN {linears['onednn_over_mkl']}x MKL "
+                      "on a training Linear).", ""]  # fmt: skip
         lines += ["| implementation | tokens/s (CPU time) | wall s/step | GFLOP/s | share of peak |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for r in steps:

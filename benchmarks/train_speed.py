@@ -4,7 +4,8 @@
 
 Same shapes for all (6 layers, d 512, 8 heads, vocabulary 8192, dropout 0.1, AdamW): GLM trains
 on a real corrupted batch from the loader (seq 512 -> ~560 tokens per row, the blank-infilling
-mask, logits on the Part-B targets only, as the trainer does); HF ``GPT2LMHeadModel`` and
+mask, logits on the Part-B targets only, as the trainer does; in fp32 its Linears run by oneDNN
+where ``blankfill.kernels`` measures that faster than MKL, as the engine does); HF ``GPT2LMHeadModel`` and
 ``BertForMaskedLM`` (``attn_implementation="sdpa"``) train on rows of the same length with labels
 on every token (what a user of those models runs). Each repeat times every implementation back
 to back, in a new order each time; ratios are medians over repeats of the paired times. Times
@@ -30,6 +31,7 @@ from blankfill import hardware
 from blankfill.config import CorruptConfig, DataConfig
 from blankfill.data.loader import PretrainLoader
 from blankfill.data.store import TokenStore
+from blankfill.kernels import onednn_training_speedup, training_by_onednn, training_kernels_
 from blankfill.model import GLM
 from blankfill.presets import preset
 
@@ -51,6 +53,8 @@ def make_glm(batch, precision: str, compile_: bool = False):
     torch.manual_seed(0)
     cfg = preset("glm-small", max_sequence_length=1024)
     model = GLM(cfg).train()
+    if precision == "fp32" and not compile_ and training_by_onednn():
+        training_kernels_(model)  # what the engine does here (blankfill.kernels, measured)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     target = batch.loss_mask > 0
     labels = batch.labels[target]
@@ -108,6 +112,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     emit({"what": "machine", **machine()})
+    emit({"what": "training_linears", "onednn": training_by_onednn(),
+          "onednn_over_mkl": round(onednn_training_speedup(), 3)})  # fmt: skip
     batch = glm_batch(args.batch)
     B, T = batch.input_ids.shape
     impls = {

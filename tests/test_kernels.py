@@ -1,4 +1,4 @@
-"""oneDNN-packed decoding matmuls (blankfill.kernels): same values, same parameters, safe fallback."""
+"""blankfill.kernels: oneDNN-packed decoding matmuls and oneDNN fp32 training Linears (same values, same parameters, safe fallback)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from torch import nn
 from blankfill.kernels import (
     PackedEmbedding,
     PackedLinear,
+    TrainingLinear,
     decoding_kernels_,
     is_column_major,
     onednn_available,
+    onednn_training_speedup,
     single_row_mkl_speedup,
+    training_kernels_,
 )
 from blankfill.model import GLM
 from blankfill.testing import tiny_config
@@ -99,3 +102,50 @@ def test_single_rows_by_mkl_on_column_major_weights(single_row_mkl):
 def test_single_row_choice_is_measured():
     ratio = single_row_mkl_speedup()
     assert ratio > 0 and single_row_mkl_speedup() == ratio  # measured once per process
+
+
+def test_training_linear_equals_linear_in_values_and_gradients():
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 80)
+    fast = TrainingLinear(copy.deepcopy(lin))
+    x = torch.randn(3, 7, 48, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    torch.testing.assert_close(fast(x), lin(x2), rtol=1e-5, atol=1e-6)
+    fast(x).square().sum().backward()
+    lin(x2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, lin.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.bias.grad, lin.bias.grad, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: plain F.linear (bf16 out)
+        assert fast(x).dtype == torch.bfloat16
+    assert fast(x).grad_fn.name() != "LinearBackward0"  # the oneDNN function ran
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), lin(x), rtol=1e-5, atol=1e-6)
+
+
+def test_training_kernels_keep_state_dict_and_train_the_same():
+    torch.manual_seed(0)
+    model = GLM(tiny_config()).train()
+    fast = training_kernels_(copy.deepcopy(model))
+    assert training_kernels_(fast) is fast
+    assert all(type(m) is not nn.Linear for m in fast.transformer.layers.modules())
+    assert list(fast.state_dict()) == list(model.state_dict())
+    ids = torch.randint(10, 300, (2, 12))
+    losses = []
+    for m in (model, fast):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        torch.manual_seed(1)  # the same dropout draws
+        for _ in range(3):
+            loss = m(ids, context_len=6).logsumexp(-1).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    decoded = decoding_kernels_(copy.deepcopy(fast).eval())  # decoding still swaps them
+    assert isinstance(decoded.transformer.layers[0].mlp.dense_h_to_4h, PackedLinear)
+
+
+def test_training_choice_is_measured():
+    ratio = onednn_training_speedup()
+    assert ratio > 0 and onednn_training_speedup() == ratio

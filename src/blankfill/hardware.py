@@ -290,3 +290,16 @@ def decoding_kernels(device: torch.device) -> str:
         f"oneDNN on weights packed once (blankfill.kernels); single fp32 rows: {single} "
         f"(MKL measured {ratio:.2f}x oneDNN for one row)"
     )
+
+
+def training_kernels(device: torch.device, precision: str) -> str:
+    """Which matmuls the training engine runs the blocks' Linears on, and why."""
+    from .kernels import TRAINING_ONEDNN_MIN_SPEEDUP, onednn_available, onednn_training_speedup
+
+    if device.type != "cpu" or precision != "fp32":
+        return f"PyTorch's own ({precision} on {device.type})"
+    if not onednn_available():
+        return "MKL: this PyTorch has no oneDNN"
+    ratio = onednn_training_speedup()
+    chosen = "oneDNN" if ratio >= TRAINING_ONEDNN_MIN_SPEEDUP else "MKL"
+    return f"{chosen} (fp32 training Linear: oneDNN measured {ratio:.2f}x MKL)"

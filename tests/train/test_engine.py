@@ -197,3 +197,44 @@ def test_info_memory_prints_the_estimate(capsys):
     assert est.total < plain.total / 4  # sharding over 8 and checkpointing
     assert cli.main(["info", "tiny", "--memory", "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("measured_faster", [True, False])
+def test_fp32_cpu_linears_by_onednn_only_where_measured_faster(monkeypatch, measured_faster):
+    from torch import nn
+
+    from blankfill import kernels
+    from blankfill.train import engine as engine_mod
+
+    if not kernels.onednn_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    monkeypatch.setattr(engine_mod, "training_by_onednn", lambda: measured_faster)
+    torch.manual_seed(0)
+    model = GLM(tiny_config())
+    engine = make_engine(model, precision="fp32")
+    assert engine.onednn_linears is measured_faster
+    kinds = {type(m) for m in model.transformer.layers.modules() if isinstance(m, nn.Linear)}
+    assert kinds == ({kernels.TrainingLinear} if measured_faster else {nn.Linear})
+    assert not make_engine(GLM(tiny_config()), precision="bf16").onednn_linears
+
+
+def test_onednn_linears_train_as_plain_ones(monkeypatch):
+    from blankfill import kernels
+    from blankfill.train import engine as engine_mod
+
+    if not kernels.onednn_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    torch.manual_seed(0)
+    models = [GLM(tiny_config()), GLM(tiny_config())]
+    models[1].load_state_dict(models[0].state_dict())
+    stats = []
+    for model, by_onednn in zip(models, (True, False), strict=True):
+        monkeypatch.setattr(engine_mod, "training_by_onednn", lambda v=by_onednn: v)
+        engine = make_engine(model, precision="fp32")
+        assert engine.onednn_linears is by_onednn
+        data = SyntheticBatches(4, seq_len=32, vocab=200)
+        torch.manual_seed(1)  # the same dropout draws
+        stats.append([pretrain_step(engine, next(data)).stats for _ in range(3)])
+    torch.testing.assert_close(stats[0], stats[1], rtol=1e-4, atol=1e-5)
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)

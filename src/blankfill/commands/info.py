@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         info["precision"] = {"auto": choice.precision, "reason": choice.reason}
         dec = hardware.choose_decoding_precision(device)
         info["decoding_precision"] = {"auto": dec.precision, "reason": dec.reason}
+        info["training_matmuls"] = hardware.training_kernels(device, choice.precision)
         info["decoding_matmuls"] = hardware.decoding_kernels(device)
         print(json.dumps(info, indent=2))
         return 0
