@@ -221,7 +221,7 @@ def _bf16_decode_speedup(rows: int = 1, seconds: float = 0.1) -> float:
     process (~0.1 s)."""
     from torch import nn
 
-    from .kernels import PackedLinear, onednn_available
+    from .kernels import PackedLinear, alternated_best, onednn_available
 
     torch.manual_seed(0)
     fp32 = [nn.Linear(512, 2048) for _ in range(24)]
@@ -231,24 +231,12 @@ def _bf16_decode_speedup(rows: int = 1, seconds: float = 0.1) -> float:
     x = torch.randn(rows, 512)
     xb = x.to(torch.bfloat16)
 
-    def calls(layers: list[nn.Module], inp: torch.Tensor) -> list[float]:
-        out = []
-        for lin in layers:
-            t0 = time.perf_counter()
-            lin(inp)
-            out.append(time.perf_counter() - t0)
-        return out
-
     with torch.no_grad():
-        calls(fp32, x), calls(bf16, xb)  # warm-up (packing)
-        # Alternated; each call's best over the rounds, so a call that waited for a preempted
-        # thread of a shared machine does not count.
-        t32, t16 = [float("inf")] * len(fp32), [float("inf")] * len(bf16)
-        deadline, n = time.perf_counter() + seconds, 0
-        while n < 5 or time.perf_counter() < deadline:
-            t32 = list(map(min, t32, calls(fp32, x)))
-            t16, n = list(map(min, t16, calls(bf16, xb))), n + 1
-        t32, t16 = sum(t32), sum(t16)
+        t32, t16 = alternated_best(
+            [functools.partial(lin, x) for lin in fp32],
+            [functools.partial(lin, xb) for lin in bf16],
+            seconds,
+        )
     return t32 / t16
 
 
