@@ -266,14 +266,14 @@ def choose_decoding_precision(
 
 def decoding_kernels(device: torch.device) -> str:
     """Which matmuls blank filling runs on ``device`` (``decoding_layout_``), and why."""
-    from .kernels import SINGLE_ROW_MKL_MIN_SPEEDUP, onednn_available, single_row_mkl_speedup
+    from .kernels import onednn_available, single_row_by_mkl, single_row_mkl_speedup
 
     if device.type != "cpu":
         return f"PyTorch's own on {device.type}"
     if not onednn_available():
         return "MKL on column-major weights: this PyTorch has no oneDNN"
-    ratio = single_row_mkl_speedup()
-    single = "MKL on column-major weights" if ratio >= SINGLE_ROW_MKL_MIN_SPEEDUP else "oneDNN too"
+    ratio = single_row_mkl_speedup()  # measured once per process, as single_row_by_mkl reads it
+    single = "MKL on column-major weights" if single_row_by_mkl() else "oneDNN too"
     return (
         f"oneDNN on weights packed once (blankfill.kernels); single fp32 rows: {single} "
         f"(MKL measured {ratio:.2f}x oneDNN for one row)"
@@ -282,12 +282,12 @@ def decoding_kernels(device: torch.device) -> str:
 
 def training_kernels(device: torch.device, precision: str) -> str:
     """Which matmuls the training engine runs the blocks' Linears on, and why."""
-    from .kernels import TRAINING_ONEDNN_MIN_SPEEDUP, onednn_available, onednn_training_speedup
+    from .kernels import onednn_available, onednn_training_speedup, training_by_onednn
 
     if device.type != "cpu" or precision != "fp32":
         return f"PyTorch's own ({precision} on {device.type})"
     if not onednn_available():
         return "MKL: this PyTorch has no oneDNN"
-    ratio = onednn_training_speedup()
-    chosen = "oneDNN" if ratio >= TRAINING_ONEDNN_MIN_SPEEDUP else "MKL"
+    ratio = onednn_training_speedup()  # measured once per process, as training_by_onednn reads it
+    chosen = "oneDNN" if training_by_onednn() else "MKL"
     return f"{chosen} (fp32 training Linear: oneDNN measured {ratio:.2f}x MKL)"
