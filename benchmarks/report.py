@@ -107,6 +107,16 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
                          f"{r['wall_seconds_per_step']} | {r['gflops']} | "
                          f"{r['share_of_peak']} ({r['peak']}) |")  # fmt: skip
         lines += [""]
+        ratios = {r["glm_fp32_over"]: r["speedup"] for r in _rows(results, "train", "ratio")
+                  if "glm_fp32_over" in r}  # fmt: skip
+        if "hf_gpt2_fp32_kept" in ratios:
+            lines += ["GLM rows run with glibc's malloc keeping freed memory (what the trainer "
+                      "does on the CPU, `blankfill.allocator`); the plain HF rows with malloc's "
+                      "usual limits (as their users run them), the `_kept` rows like GLM. "
+                      f"GLM fp32 over HF as its users run it: GPT-2 {ratios.get('hf_gpt2_fp32')}x, "
+                      f"BERT {ratios.get('hf_bert_fp32')}x; like for like (`_kept`): GPT-2 "
+                      f"{ratios['hf_gpt2_fp32_kept']}x, BERT {ratios.get('hf_bert_fp32_kept')}x.",
+                      ""]  # fmt: skip
     curve = next(iter(_rows(results, "bf16", "bf16_curve")), None)
     if curve:
         lines += ["## bf16 vs fp32 loss curves", "", _when(results, "bf16"), "",

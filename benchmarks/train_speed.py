@@ -5,15 +5,20 @@
 Same shapes for all (6 layers, d 512, 8 heads, vocabulary 8192, dropout 0.1, AdamW): GLM trains
 on a real corrupted batch from the loader (seq 512 -> ~560 tokens per row, the blank-infilling
 mask, logits on the Part-B targets only, as the trainer does; in fp32 its Linears run by oneDNN
-where ``blankfill.kernels`` measures that faster than MKL, as the engine does); HF ``GPT2LMHeadModel`` and
-``BertForMaskedLM`` (``attn_implementation="sdpa"``) train on rows of the same length with labels
-on every token (what a user of those models runs). Each repeat times every implementation back
+where ``blankfill.kernels`` measures that faster than MKL, as the engine does); HF
+``GPT2LMHeadModel`` and ``BertForMaskedLM`` (``attn_implementation="sdpa"``) train on rows of
+the same length with labels on every token (what a user of those models runs). Each repeat times every implementation back
 to back, in a new order each time; ratios are medians over repeats of the paired times. Times
 are process CPU seconds (one thread by default: on a shared machine wall time also counts other
 processes' turns, and a descheduled thread stalls its partner); wall times are reported too.
-The fp32 and bf16 matmul peaks (``hardware.matmul_flops``, same threads) are measured between
-the repeats; ``share_of_peak`` = model FLOP/s (6 x matmul parameters x tokens, the tied output
-layer only on the rows that get logits, plus 12 L T D attention FLOPs per token) over the peak.
+Memory: the GLM rows run as the trainer does on the CPU, with glibc's malloc keeping freed
+memory for the next step (``blankfill.allocator``); HF's rows run as its users run them, with
+malloc's usual limits, and again (``_kept``) with freed memory kept, for a like-for-like ratio.
+The setting is process-wide, so it is set before each implementation's turn, followed by one
+untimed step so the heap settles in the new mode. The fp32 and bf16 matmul peaks
+(``hardware.matmul_flops``, same threads) are measured between the repeats; ``share_of_peak``
+= model FLOP/s (6 x matmul parameters x tokens, the tied output layer only on the rows that get
+logits, plus 12 L T D attention FLOPs per token) over the peak.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from common import emit, machine, token_store
 
-from blankfill import hardware
+from blankfill import allocator, hardware
 from blankfill.config import CorruptConfig, DataConfig
 from blankfill.data.loader import PretrainLoader
 from blankfill.data.store import TokenStore
@@ -116,14 +121,20 @@ def main() -> None:
           "onednn_over_mkl": round(onednn_training_speedup(), 3)})  # fmt: skip
     batch = glm_batch(args.batch)
     B, T = batch.input_ids.shape
-    impls = {
+    gpt2, bert = make_hf("gpt2", B, T), make_hf("bert", B, T)
+    impls = {  # name: (step, tokens, FLOPs)
         "glm_fp32": make_glm(batch, "fp32"),
         "glm_bf16": make_glm(batch, "bf16"),
-        "hf_gpt2_fp32": make_hf("gpt2", B, T),
-        "hf_bert_fp32": make_hf("bert", B, T),
+        "hf_gpt2_fp32": gpt2,
+        "hf_bert_fp32": bert,
+        "hf_gpt2_fp32_kept": gpt2,
+        "hf_bert_fp32_kept": bert,
     }
     if args.compile:
         impls["glm_fp32_compiled"] = make_glm(batch, "fp32", compile_=True)
+    kept = {name: not name.startswith("hf_") or name.endswith("_kept") for name in impls}
+    emit({"what": "malloc", "kept_for": [k for k, v in kept.items() if v],
+          "glibc": allocator.keep_freed_memory(False)})  # fmt: skip
     for step, _, _ in impls.values():
         step()  # warm-up (oneDNN kernels, optimizer state)
     times: dict[str, list[float]] = {k: [] for k in impls}
@@ -133,6 +144,8 @@ def main() -> None:
     for rep in range(args.repeats):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate the order
             step = impls[name][0]
+            allocator.keep_freed_memory(kept[name])
+            step()  # untimed: the heap settles in this mode
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 step()
@@ -140,6 +153,7 @@ def main() -> None:
             walls[name].append((time.perf_counter() - t0) / args.steps)
         peaks["fp32"].append(hardware.matmul_flops(torch.float32))
         peaks["bf16"].append(hardware.matmul_flops(torch.bfloat16))
+    allocator.keep_freed_memory(False)
     peak = {k: max(v) for k, v in peaks.items()}
     emit({"what": "matmul_peak", "threads": torch.get_num_threads(),
           "fp32_gflops": round(peak["fp32"] / 1e9, 1), "bf16_gflops": round(peak["bf16"] / 1e9, 1)})  # fmt: skip
@@ -150,7 +164,8 @@ def main() -> None:
                "cpu_seconds_per_step": round(dt, 3), "tokens_per_s": round(tokens / dt, 1),
                "wall_seconds_per_step": round(statistics.median(walls[name]), 3),
                "gflops": round(flops / dt / 1e9, 1),
-               "share_of_peak": round(flops / dt / peak[prec], 3), "peak": prec}  # fmt: skip
+               "share_of_peak": round(flops / dt / peak[prec], 3), "peak": prec,
+               "malloc_keeps_freed_memory": kept[name]}  # fmt: skip
         emit(row)
     base = times["glm_fp32"]
     for name in names[1:]:  # the paired CPU times of each repeat

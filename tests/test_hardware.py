@@ -66,6 +66,8 @@ def test_info_hardware_shows_the_machine_and_the_choice(capsys):
     dec = out["decoding_precision"]  # what `fill` / `serve` / `BlankFiller` use by default
     assert dec["auto"] in ("fp32", "bf16") and dec["reason"]
     assert "oneDNN" in out["decoding_matmuls"] or "MKL" in out["decoding_matmuls"]
+    if out["device"] == "cpu":  # what the trainers do with the freed memory
+        assert "malloc" in out["training_memory"]
     assert main(["info", "tiny", "--hardware"]) == 0  # the choice at that model's width
     reason = json.loads(capsys.readouterr().out)["precision"]["reason"]
     assert "64" in reason or "no native bf16" in reason

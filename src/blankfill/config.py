@@ -199,6 +199,7 @@ class TrainConfig:
     precision: Precision = "auto"  # autocast dtype; weights, gradients and AdamW stay fp32
     compile: bool = False  # torch.compile every Transformer block
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    keep_freed_memory: bool = True  # CPU: malloc keeps freed memory for the next step (allocator)
     init_from: str = ""  # model folder to start from (continued pretraining); "" = fresh init
     device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
     seed: int = 1234  # model initialisation and dropout
@@ -296,6 +297,7 @@ class FinetuneConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (each rank's share of batch_size)
     compile: bool = False  # torch.compile every Transformer block
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    keep_freed_memory: bool = True  # as train.keep_freed_memory
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank (peft) instead of all weights
     lora_merge: bool = True  # merge the adapters into the saved model (else save them apart)
     max_minutes: float = 0.0  # time budget: stop after the step that runs past it (0: none)

@@ -238,3 +238,24 @@ def test_onednn_linears_train_as_plain_ones(monkeypatch):
     torch.testing.assert_close(stats[0], stats[1], rtol=1e-4, atol=1e-5)
     for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_cpu_engine_keeps_freed_memory_unless_told_not_to(monkeypatch, keep):
+    from blankfill.train import engine as engine_mod
+
+    calls = []
+    monkeypatch.setattr(engine_mod.allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    engine = make_engine(GLM(tiny_config()), precision="fp32", keep_freed_memory=keep)
+    assert engine.memory_kept is keep and len(calls) == int(keep)
+
+
+def test_train_keep_freed_memory_reaches_the_engine(tmp_path, monkeypatch):
+    from blankfill.train import engine as engine_mod
+
+    calls = []
+    monkeypatch.setattr(engine_mod.allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    for folder, kw in (("a", {}), ("b", {"keep_freed_memory": False})):
+        cfg = run_config(tmp_path / folder, max_steps=1, **kw)
+        train(cfg, GLM(cfg.model), SyntheticBatches(4))
+    assert calls == [1]

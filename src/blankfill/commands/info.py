@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
         info["decoding_precision"] = {"auto": dec.precision, "reason": dec.reason}
         info["training_matmuls"] = hardware.training_kernels(device, choice.precision)
         info["decoding_matmuls"] = hardware.decoding_kernels(device)
+        if device.type == "cpu":  # what the trainers do with train.keep_freed_memory=true
+            from ..allocator import describe
+
+            info["training_memory"] = describe(kept=True)
         print(json.dumps(info, indent=2))
         return 0
     if args.model is None:

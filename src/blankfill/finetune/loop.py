@@ -154,7 +154,7 @@ def build_engine(model, recipe: Recipe, cfg: FinetuneRunConfig, info: DistInfo, 
                   info=info, device=torch.device(device), strategy=cfg.dist.strategy,
                   precision=ft.precision, compile=ft.compile,
                   activation_checkpointing=ft.activation_checkpointing,
-                  clip_grad=cfg.optim.clip_grad)  # fmt: skip
+                  clip_grad=cfg.optim.clip_grad, keep_freed_memory=ft.keep_freed_memory)  # fmt: skip
 
 
 def _micro_batches(items: list[Any], info: DistInfo, accum: int) -> list[tuple[list[Any], float]]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .. import allocator
 from ..config import OptimConfig
 from ..kernels import training_by_onednn, training_kernels_
 from .distributed import DistInfo, all_reduce_sum, no_grad_sync, wrap_model
@@ -123,6 +124,8 @@ class Engine:
         compile: ``torch.compile`` every block.
         activation_checkpointing: recompute every block's activations in backward.
         clip_grad: max global gradient norm (0: no clipping; the norm is still reported).
+        keep_freed_memory: on the CPU, let glibc's malloc keep freed memory for the next step
+            (``blankfill.allocator``; process-wide): no page faults on each step's large tensors.
     """
 
     def __init__(
@@ -138,11 +141,15 @@ class Engine:
         compile: bool = False,
         activation_checkpointing: bool = False,
         clip_grad: float = 1.0,
+        keep_freed_memory: bool = True,
     ) -> None:
         self.info, self.device, self.strategy = info, device, strategy
         self.precision = resolve_precision(precision, device, width=_width(blocks))
         self.clip_grad = clip_grad
         self.module = module.to(device)
+        self.memory_kept = (
+            device.type == "cpu" and keep_freed_memory and allocator.keep_freed_memory()
+        )
         # fp32 on the CPU: the blocks' Linears by oneDNN where it measures faster than MKL
         # (``blankfill.kernels``; same parameters, rounding-level differences).
         self.onednn_linears = (

@@ -133,7 +133,7 @@ def setup(
     engine = Engine(TargetLogits(model), list(model.transformer.layers), cfg.optim, info=info,
                     device=device, strategy=cfg.dist.strategy, precision=tc.precision,
                     compile=tc.compile, activation_checkpointing=tc.activation_checkpointing,
-                    clip_grad=cfg.optim.clip_grad)  # fmt: skip
+                    clip_grad=cfg.optim.clip_grad, keep_freed_memory=tc.keep_freed_memory)  # fmt: skip
     start = loaded["meta"]["step"] if loaded is not None else 0
     run = Run(cfg=cfg, model=model, engine=engine, data=data, batches=iter(data), info=info,
               tokenizer=tokenizer, show_bar=show_bar, peak=peak_flops(device, cfg.log.peak_flops),
