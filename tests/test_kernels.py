@@ -19,6 +19,7 @@ from blankfill.kernels import (
     onednn_available,
     onednn_training_speedup,
     single_row_mkl_speedup,
+    wide_row_major_speedup,
     training_kernels_,
 )
 from blankfill.model import GLM
@@ -76,13 +77,22 @@ def test_packed_model_keeps_state_dict_and_logits_and_copies():
 
 
 @pytest.mark.parametrize("single_row_mkl", [True, False])
-def test_single_rows_by_mkl_on_column_major_weights(single_row_mkl):
+@pytest.mark.parametrize("wide_row_major", [True, False])
+def test_single_rows_by_mkl_on_column_major_weights(single_row_mkl, wide_row_major):
     torch.manual_seed(0)
     model = GLM(tiny_config()).eval()
-    fast = decoding_kernels_(copy.deepcopy(model), single_row_mkl=single_row_mkl)
+    fast = decoding_kernels_(copy.deepcopy(model), single_row_mkl=single_row_mkl,
+                             wide_row_major=wide_row_major)  # fmt: skip
     lin = fast.transformer.layers[0].mlp.dense_h_to_4h
     assert is_column_major(lin.weight) is single_row_mkl
     assert is_column_major(fast.word_embeddings.weight) is single_row_mkl
+    wide = fast.transformer.layers[0].mlp.dense_4h_to_h  # more inputs than outputs
+    assert is_column_major(wide.weight) is (single_row_mkl and not wide_row_major)
+    with torch.no_grad():  # one fp32 row of the wide matrix: by MKL on either layout
+        x = torch.randn(1, wide.in_features)
+        torch.testing.assert_close(wide(x), model.transformer.layers[0].mlp.dense_4h_to_h(x),
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        assert (wide._packed.weight is None) is single_row_mkl
     assert list(fast.state_dict()) == list(model.state_dict())
     ids = torch.randint(10, 300, (1, 1))
     with torch.no_grad():
@@ -102,6 +112,8 @@ def test_single_rows_by_mkl_on_column_major_weights(single_row_mkl):
 def test_single_row_choice_is_measured():
     ratio = single_row_mkl_speedup()
     assert ratio > 0 and single_row_mkl_speedup() == ratio  # measured once per process
+    wide = wide_row_major_speedup()
+    assert wide > 0 and wide_row_major_speedup() == wide
 
 
 def test_training_linear_equals_linear_in_values_and_gradients():

@@ -266,14 +266,26 @@ def choose_decoding_precision(
 
 def decoding_kernels(device: torch.device) -> str:
     """Which matmuls blank filling runs on ``device`` (``decoding_layout_``), and why."""
-    from .kernels import onednn_available, single_row_by_mkl, single_row_mkl_speedup
+    from .kernels import (
+        WIDE_ROW_MAJOR_MIN_SPEEDUP,
+        onednn_available,
+        single_row_by_mkl,
+        single_row_mkl_speedup,
+        wide_row_major_speedup,
+    )
 
     if device.type != "cpu":
         return f"PyTorch's own on {device.type}"
+    wide = wide_row_major_speedup()  # measured once per process, as column_major_ reads it
+    layout = "column-major weights" + (
+        f" (row-major where more inputs than outputs: {wide:.2f}x column-major)"
+        if wide >= WIDE_ROW_MAJOR_MIN_SPEEDUP
+        else ""
+    )
     if not onednn_available():
-        return "MKL on column-major weights: this PyTorch has no oneDNN"
+        return f"MKL on {layout}: this PyTorch has no oneDNN"
     ratio = single_row_mkl_speedup()  # measured once per process, as single_row_by_mkl reads it
-    single = "MKL on column-major weights" if single_row_by_mkl() else "oneDNN too"
+    single = f"MKL on {layout}" if single_row_by_mkl() else "oneDNN too"
     return (
         f"oneDNN on weights packed once (blankfill.kernels); single fp32 rows: {single} "
         f"(MKL measured {ratio:.2f}x oneDNN for one row)"

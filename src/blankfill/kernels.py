@@ -22,6 +22,10 @@ one row against oneDNN's 9-11 GB/s, while oneDNN stayed ahead from two rows up. 
 ``decoding_kernels_`` times both once per process (:func:`single_row_mkl_speedup`, ~0.1 s) and,
 where MKL wins, stores the fp32 matrices column-major (in place: no second copy) and sends one-row
 fp32 calls to MKL; the packed copy is then made only if more rows come (a prompt, a batch).
+Matrices with more inputs than outputs (the MLP's second Linear) are the exception within the
+exception: there MKL streamed one row faster on the usual row-major layout (AMD EPYC, Zen 4 class,
+2026-12-02, one thread: 15-16 GB/s for 512 x 2048 against 10-11 column-major and 12 by oneDNN),
+so where :func:`wide_row_major_speedup` measures that, those stay row-major, still by MKL.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ PACK_ROWS_HINT = 8
 PACKABLE = (torch.float32, torch.bfloat16)
 # MKL must run a one-row fp32 matmul this much faster than oneDNN to be used for single rows.
 SINGLE_ROW_MKL_MIN_SPEEDUP = 1.1
+# ... and a matrix with more inputs than outputs is kept row-major for it where that measures
+# this much faster for one row than column-major.
+WIDE_ROW_MAJOR_MIN_SPEEDUP = 1.1
 
 
 def onednn_available() -> bool:
@@ -79,14 +86,15 @@ def _usable(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 
 def _packed_linear(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: _Packed
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, packed: _Packed, mkl_rows: bool
 ) -> torch.Tensor:
-    """``F.linear(x, w, b)`` by oneDNN on the packed ``w``: x [..., in] -> [..., out]."""
+    """``F.linear(x, w, b)`` by oneDNN on the packed ``w``: x [..., in] -> [..., out]; one
+    fp32 row by MKL instead where ``mkl_rows`` (chosen by ``decoding_kernels_``)."""
     if not _usable(x, w) or (b is not None and b.dtype != w.dtype):
         return F.linear(x, w, b)
     x2 = x.reshape(-1, x.shape[-1])  # [N, in]
-    if x2.shape[0] == 1 and w.dtype == torch.float32 and is_column_major(w):
-        return F.linear(x, w, b)  # MKL's plain GEMM on w.T (chosen by decoding_kernels_)
+    if x2.shape[0] == 1 and w.dtype == torch.float32 and mkl_rows:
+        return F.linear(x, w, b)  # MKL on the layout column_major_ left
     y = torch.ops.mkldnn._linear_pointwise(x2, packed.get(w), b, "none", [], "")  # [N, out]
     return y.view(*x.shape[:-1], w.shape[0])
 
@@ -99,9 +107,10 @@ class PackedLinear(nn.Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
         self._packed = _Packed()
+        self.mkl_rows = False  # one fp32 row by MKL (decoding_kernels_ sets it where measured)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _packed_linear(x, self.weight, self.bias, self._packed)
+        return _packed_linear(x, self.weight, self.bias, self._packed, self.mkl_rows)
 
     def __getstate__(self) -> dict[str, Any]:  # copy / pickle: the opaque copy is remade
         return {**self.__dict__, "_packed": _Packed()}
@@ -117,10 +126,11 @@ class PackedEmbedding(WordEmbedding):
         self.scale_grad_by_freq, self.sparse = embedding.scale_grad_by_freq, embedding.sparse
         self.weight = embedding.weight
         self._packed = _Packed()
+        self.mkl_rows = False  # as PackedLinear's
 
     def attend(self, hidden: torch.Tensor) -> torch.Tensor:
         """The output layer: hidden [..., D] -> logits [..., V] (no bias, spec §1.5)."""
-        return _packed_linear(hidden, self.weight, None, self._packed)
+        return _packed_linear(hidden, self.weight, None, self._packed, self.mkl_rows)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_packed": _Packed()}
@@ -131,18 +141,28 @@ def is_column_major(w: torch.Tensor) -> bool:
     return w.dim() == 2 and w.shape[0] > 1 and w.stride() == (1, w.shape[0])
 
 
-def column_major_(model: GLM) -> GLM:
+def column_major_(model: GLM, *, wide_row_major: bool | None = None) -> GLM:
     """Store the blocks' Linear and the output matrices column-major on the CPU; in place.
 
     Values, shapes and ``state_dict`` keys are unchanged; ``F.linear`` (``x @ weight.T``) then
     is MKL's plain GEMM, which it runs faster than the transposed one for the few rows of a
     decoding step (HF's GPT-2 ``Conv1D`` stores its weights that way).
+
+    Args:
+        model: the model.
+        wide_row_major: leave the matrices with more inputs than outputs row-major (MKL's
+            transposed GEMM streams those faster for one row); None: where
+            :func:`wide_row_major_speedup` measures it.
     """
+    if wide_row_major is None:
+        wide_row_major = wide_row_major_speedup() >= WIDE_ROW_MAJOR_MIN_SPEEDUP
     matrices = [model.word_embeddings.weight]
     matrices += [m.weight for m in model.transformer.layers.modules() if isinstance(m, nn.Linear)]
     with torch.no_grad():
         for p in matrices:
-            if p.device.type == "cpu" and not is_column_major(p):
+            if p.device.type != "cpu" or is_column_major(p):
+                continue
+            if not (wide_row_major and p.shape[1] > p.shape[0]):
                 p.data = p.data.t().contiguous().t()
     return model
 
@@ -194,18 +214,40 @@ def single_row_mkl_speedup(seconds: float = 0.1) -> float:
     return t_dnn / t_mkl
 
 
+@functools.cache
+def wide_row_major_speedup(seconds: float = 0.1) -> float:
+    """How many times faster one row times a 512 x 2048 fp32 weight (more inputs than outputs,
+    as the MLP's second Linear) runs by MKL on the row-major weight than on its column-major copy
+    (rotated through ~100 MB, best of alternated rounds, as :func:`single_row_mkl_speedup`)."""
+    torch.manual_seed(0)
+    rows = [torch.randn(512, 2048) for _ in range(12)]  # row-major [out 512, in 2048]
+    cols = [w.t().contiguous().t() for w in rows]  # the same values column-major
+    bias = torch.zeros(512)
+    x = torch.randn(1, 2048)
+    with torch.no_grad():
+        t_row, t_col = alternated_best(
+            [functools.partial(F.linear, x, w, bias) for w in rows],
+            [functools.partial(F.linear, x, w, bias) for w in cols],
+            seconds,
+        )
+    return t_col / t_row
+
+
 def single_row_by_mkl() -> bool:
     """Whether one-row fp32 decoding matmuls go to MKL (measured; see the module docstring)."""
     return onednn_available() and single_row_mkl_speedup() >= SINGLE_ROW_MKL_MIN_SPEEDUP
 
 
-def decoding_kernels_(model: GLM, *, single_row_mkl: bool | None = None) -> GLM:
+def decoding_kernels_(
+    model: GLM, *, single_row_mkl: bool | None = None, wide_row_major: bool | None = None
+) -> GLM:
     """Swap in the packed oneDNN Linears and output layer (see the module docstring); in place.
 
     Args:
         model: the model (its CPU matrices are used; others fall back to ``F.linear``).
         single_row_mkl: store the matrices column-major so one-row fp32 calls run by MKL;
             None: where :func:`single_row_by_mkl` measures it faster.
+        wide_row_major: with ``single_row_mkl``, as ``column_major_``'s (None: measured).
 
     Idempotent; does nothing where PyTorch has no oneDNN. Parameters are shared, not copied, but
     the packed copies take as much memory again as the matrices they mirror (made on first use,
@@ -213,15 +255,19 @@ def decoding_kernels_(model: GLM, *, single_row_mkl: bool | None = None) -> GLM:
     """
     if not onednn_available():
         return model
-    if single_row_by_mkl() if single_row_mkl is None else single_row_mkl:
-        column_major_(model)
+    mkl_rows = single_row_by_mkl() if single_row_mkl is None else single_row_mkl
+    if mkl_rows:
+        column_major_(model, wide_row_major=wide_row_major)
     for block in model.transformer.layers:
         for parent in (block.attention, block.mlp):
             for name, child in list(parent.named_children()):
                 if type(child) in (nn.Linear, TrainingLinear):
                     setattr(parent, name, PackedLinear(child))
+                if isinstance(child := getattr(parent, name), PackedLinear):
+                    child.mkl_rows = mkl_rows
     if type(model.word_embeddings) is not PackedEmbedding:
         model.word_embeddings = PackedEmbedding(model.word_embeddings)
+    model.word_embeddings.mkl_rows = mkl_rows
     return model
 
 
