@@ -24,7 +24,7 @@ where MKL wins, stores the fp32 matrices column-major (in place: no second copy)
 fp32 calls to MKL; the packed copy is then made only if more rows come (a prompt, a batch).
 Matrices with more inputs than outputs (the MLP's second Linear) are the exception within the
 exception: there MKL streamed one row faster on the usual row-major layout (AMD EPYC, Zen 4 class,
-2026-12-02, one thread: 15-16 GB/s for 512 x 2048 against 10-11 column-major and 12 by oneDNN),
+2026-12-02, one thread: ~15 GB/s for 512 x 2048 against 10-11 column-major and ~12 by oneDNN),
 so where :func:`wide_row_major_speedup` measures that, those stay row-major, still by MKL.
 """
 
