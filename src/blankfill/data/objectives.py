@@ -27,7 +27,7 @@ import numpy as np
 from ..config import CorruptConfig
 from .baselines import build_causal, build_masked
 from .corrupt import Example, build_blocks, build_suffix
-from .layout import SpanPlan, build_blocks_batch
+from .layout import FlatBlocks, Planned, SpanPlan, flat_blocks
 from .spans import (
     document_segments,
     one_region_spans_batch,
@@ -150,24 +150,43 @@ class Corruptor:
         """``[self(s, rng, ...) for s, rng in zip(samples, rngs)]``, planned by ``plan_batch``
         and with the Part A / Part B layout of all span objectives built in one batched pass
         (``build_blocks_batch``)."""
-        plans = self.plan_batch(samples, rngs, objective=objective, generation_len=generation_len)
-        spans = [i for i, (_, p) in enumerate(plans) if isinstance(p, SpanPlan)]
-        built = build_blocks_batch(
-            [samples[i].tokens for i in spans],
-            [plans[i][1] for i in spans],
-            sop_id=self.sop,
-            eop_id=self.eop,
-            block_positions=self.cfg.block_positions,
-            sentinel_ids=self.sentinel_ids,
-            objectives=[plans[i][0] for i in spans],
-            sample_indices=[samples[i].index for i in spans],
+        items = self.corrupt_plans(
+            samples, rngs, objective=objective, generation_len=generation_len
         )
-        out: list[Example] = []
-        it = iter(built)
-        for s, (obj, p) in zip(samples, plans, strict=True):
-            out.append(next(it) if isinstance(p, SpanPlan) else replace(
-                p, objective=obj, sample_index=s.index))  # fmt: skip
-        return out
+        spans = [x for x in items if isinstance(x, Planned)]
+        built = iter(
+            self.layout([x.text for x in spans], [x.plan for x in spans]).examples(
+                [x.objective for x in spans], [x.sample_index for x in spans]
+            )
+            if spans
+            else ()
+        )
+        return [next(built) if isinstance(x, Planned) else x for x in items]
+
+    def corrupt_plans(
+        self,
+        samples: list[RawSample],
+        rngs: list[np.random.Generator],
+        *,
+        objective: int | None = None,
+        generation_len: int | None = None,
+    ) -> list[Example | Planned]:
+        """``corrupt_batch`` with the span samples still ``Planned`` (``collate_plans`` lays
+        them out straight into a batch's rows); arguments as ``corrupt_batch``."""
+        plans = self.plan_batch(samples, rngs, objective=objective, generation_len=generation_len)
+        return [
+            Planned(s.tokens, p, obj, s.index)
+            if isinstance(p, SpanPlan)
+            else replace(p, objective=obj, sample_index=s.index)
+            for s, (obj, p) in zip(samples, plans, strict=True)
+        ]
+
+    def layout(self, texts: list[np.ndarray], plans: list[SpanPlan]) -> FlatBlocks:
+        """``flat_blocks`` of span samples with this corruptor's special ids and ablations."""
+        return flat_blocks(
+            texts, plans, sop_id=self.sop, eop_id=self.eop,
+            block_positions=self.cfg.block_positions, sentinel_ids=self.sentinel_ids,
+        )  # fmt: skip
 
     def plan(
         self,
