@@ -166,8 +166,9 @@ def flat_blocks(
     n = np.array([len(t) for t in texts], np.int64)  # [B]
     k = np.array([len(p.starts) for p in plans], np.int64)  # [B]
     X = np.concatenate(texts).astype(np.int64, copy=False)  # [N] all texts end to end
-    S_t = np.concatenate([p.starts for p in plans]) + np.repeat(_excl(n), k)  # [K] text order
-    E_t = np.concatenate([p.ends for p in plans]) + np.repeat(_excl(n), k)  # [K]
+    shift = np.repeat(_excl(n), k)  # [K] where each span's text starts in X
+    S_t = np.concatenate([p.starts for p in plans]) + shift  # [K] text order
+    E_t = np.concatenate([p.ends for p in plans]) + shift  # [K]
     m_t = E_t - S_t  # [K] span lengths
     first = _excl(k)  # [B] index of each sample's first span
     same = np.ones(len(S_t), bool)  # [K] span i-1 is in the same sample as span i
@@ -205,7 +206,7 @@ def flat_blocks(
     dropped = m_t - 1  # [K] tokens each span removes from its text
     before = dropped.cumsum() - dropped  # [K] removed before span j in the batch
     before -= before[first][sample_of]  # ... in its own sample
-    blank_at = S_t - np.repeat(_excl(n), k) - before  # [K] the blank's position in its Part A
+    blank_at = S_t - shift - before  # [K] the blank's position in its Part A
     span_sum = np.bincount(sample_of, weights=m_t, minlength=B).astype(np.int64)  # [B]
     sep = n - span_sum + k  # [B] |Part A| of each sample
     # Part B of all texts in Part-B order: span j occupies [off_j, off_j + m_j] ([sop] first)

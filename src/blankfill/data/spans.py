@@ -217,7 +217,7 @@ def one_region_spans_batch(
             more = span_length_array(t - tot, r, cdf, mean)
             d = np.concatenate([draws[a : a + n], more])
             tot += int(more.sum())
-        d = d[r.permutation(len(d))]
+        r.shuffle(d)  # in place (a view of this text's draws): d[r.permutation(len(d))]
         pieces.append(d)
         f = space - tot - len(d) + 1  # gap tokens beyond the one between neighbours
         if f >= 0:
