@@ -3,8 +3,10 @@
 Per sample, ``build_blocks`` is some 40 small numpy calls, which cost more than the arithmetic
 they do. Here every text of the batch is laid end to end and every span of every text goes into
 one set of flat arrays, so Part A (drop the span tokens, put each blank) and Part B (one gather
-for inputs, one for labels) are built for the batch in one pass each; the Examples are views
-into the flat result. A test checks the output equals ``build_blocks`` sample by sample.
+for inputs, one for labels) are built for the batch in one pass each (``flat_blocks`` ->
+``FlatBlocks``). ``build_blocks_batch`` makes Examples of them (views into the flat result);
+the loader instead hands ``Planned`` samples to ``pack.collate_plans``, which lays the flat
+arrays straight into a batch's rows. Tests check both against ``build_blocks`` sample by sample.
 """
 
 from __future__ import annotations

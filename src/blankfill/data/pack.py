@@ -10,6 +10,9 @@
   token is a segment of its own, so it attends to itself only and no attention row is empty.
   Compact: 2 x 4 bytes per token instead of a [R, 1, T, T] bool mask (6.5 MB a glm-small batch)
   built in numpy and copied between processes.
+- ``collate_plans``: either layout for a batch whose span samples are still ``Planned`` (the
+  loader's path): their Part A / Part B go straight into the rows, one masked assignment per
+  field, so they never become Examples; ``collate_pad`` / ``collate_pack`` are it for Examples.
 """
 
 from __future__ import annotations
