@@ -2,9 +2,9 @@
 
     python benchmarks/data_throughput.py [--store DIR] [--seconds 2]
 
-For each (objective mix, layout, seq_len): samples/s and tokens/s of raw sampling + corruption +
-batching on one core, timed in process CPU time (on a shared machine wall time also counts other
-processes' turns) and in wall time, with the packing efficiency. The peer is what one GPU at a
+For each (objective mix, layout, seq_len): samples/s and tokens/s of ``PretrainLoader.batch``
+(raw sampling + corruption + batching) on one core, timed in process CPU time (on a shared machine
+wall time also counts other processes' turns) and in wall time, with the packing efficiency. The peer is what one GPU at a
 stated FLOP rate consumes for glm-small (6 N + attention FLOPs per token, N with embeddings):
 ``data_over_gpu`` is data tokens/s per core over that (target >= 5x, goal 10x). Without
 ``--store``, a store of ``../shared/data/corpus`` (or a synthetic corpus) is made in ``.bench/``.
@@ -20,7 +20,6 @@ from common import emit, machine, token_store
 
 from blankfill.config import CorruptConfig, DataConfig
 from blankfill.data.loader import PretrainLoader
-from blankfill.data.pack import collate_pack, collate_pad
 from blankfill.data.store import TokenStore
 from blankfill.model import count_parameters
 from blankfill.presets import preset
@@ -37,19 +36,16 @@ def data_rate(store: TokenStore, mix: str, layout: str, seq_len: int, seconds: f
     loader = PretrainLoader(store.path, dcfg, ccfg, store.special)
     loader.batch(0)  # warm-up (memmaps, the epoch's window order)
     B = dcfg.batch_size
-    samples = tokens = slots = steps = 0
+    slots = steps = 0
     t0, c0 = time.perf_counter(), time.process_time()
     while (dt := time.perf_counter() - t0) < seconds:
-        exs = loader.examples(steps * B, B)  # raw sampling + corruption (as loader.batch)
-        if layout == "pad":
-            batch = collate_pad(exs)
-        else:
-            batch = collate_pack(exs, row_len=max(seq_len + seq_len // 4, max(map(len, exs))))
-        samples += len(exs)
-        tokens += sum(len(e) for e in exs)
+        batch = loader.batch(steps)  # raw sampling + corruption + collation
         slots += batch.input_ids.numel()
         steps += 1
     dc = time.process_time() - c0
+    # the tokens of those batches, counted outside the timing (the same samples as Examples)
+    lengths = [len(e) for s in range(steps) for e in loader.examples(s * B, B)]
+    samples, tokens = len(lengths), sum(lengths)
     return {
         "what": "data", "mix": mix, "layout": layout, "seq_len": seq_len, "batches": steps,
         "samples_per_s": round(samples / dc, 1), "tokens_per_s": round(tokens / dc),

@@ -9,19 +9,20 @@ digest pins both to the batches that earlier versions produced, so old runs resu
 from __future__ import annotations
 
 import hashlib
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blankfill.config import CorruptConfig, DataConfig
-from blankfill.data.corrupt import build_blocks
-from blankfill.data.layout import SpanPlan, build_blocks_batch
+from blankfill.data.corrupt import build_blocks, build_suffix
+from blankfill.data.layout import Planned, SpanPlan, build_blocks_batch
 from blankfill.data.loader import PretrainLoader
 from blankfill.data.objectives import Corruptor, RawSample
-from blankfill.data.pack import collate_pack, collate_pad
+from blankfill.data.pack import collate_pack, collate_pad, collate_plans
 from blankfill.data.samples import SplitView, raw_sample, raw_samples
 from blankfill.data.seeding import SampleGenerators
 from blankfill.data.store import TokenStore
@@ -156,7 +157,8 @@ def test_corrupt_batch_equals_per_sample(name, seed, lengths, forced):
     for i, (s, ex) in enumerate(zip(samples, batch, strict=True)):
         ref = np.random.default_rng([seed, i])
         _same(ex, corrupt(s, ref, **kw))
-        assert rngs[i].random() == ref.random()  # both made the same draws
+        # both made the same draws (the state includes numpy's buffered half of a 64-bit draw)
+        assert rngs[i].bit_generator.state == ref.bit_generator.state
 
 
 #: The Batch fields of round 3, in order: packed rows then carried a dense ``attention_mask``,
@@ -237,3 +239,85 @@ def test_raw_samples_equal_raw_sample(store_dir, seq_len, across, seed, count):
         rng = np.random.default_rng([seed, i])
         _same(s, raw_sample(view, a, rng, index=i, **kw))
         assert rng.random() == rngs[i].random()  # both made the same draws
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    case=_texts_and_plans(),
+    examples=st.lists(st.tuples(st.integers(3, 60), st.integers(0, 9)), max_size=4),
+    row_len=st.sampled_from([None, 0, 40, 200]),
+    block_positions=st.booleans(),
+    seed=st.integers(0, 2**20),
+)
+def test_collate_plans_equals_collating_examples(case, examples, row_len, block_positions, seed):
+    """Planned samples laid straight into the rows (between ready Examples, several to a row)
+    give the batch that collating their Examples gives, padded and packed."""
+    texts, plans, _ = case
+    rng = np.random.default_rng(seed)
+    sentinel_ids = list(range(SENTINEL_START, SENTINEL_START + 40))
+    corrupt = Corruptor(
+        CorruptConfig(block_positions=block_positions, sentinels=40, sentinel_start=SENTINEL_START),
+        SP,
+    )
+    items = [
+        Planned(t, p, int(rng.integers(3)), 10 + i)
+        for i, (t, p) in enumerate(zip(texts, plans, strict=True))
+    ]
+    for n, at in examples:  # suffix-form Examples at random places in the stream
+        ex = build_suffix(
+            rng.integers(16, 272, size=n),
+            int(rng.integers(1, n)),
+            gmask_id=SP.gmask,
+            sop_id=SP.sop,
+            loss_mask=(rng.random(n) < 0.8).astype(np.float32),
+        )
+        items.insert(
+            min(at, len(items)), replace(ex, objective=2, sample_index=int(rng.integers(99)))
+        )
+    built = iter(build_blocks_batch(
+        [x.text for x in items if isinstance(x, Planned)],
+        [x.plan for x in items if isinstance(x, Planned)],
+        sop_id=SP.sop, eop_id=SP.eop, block_positions=block_positions, sentinel_ids=sentinel_ids,
+        objectives=[x.objective for x in items if isinstance(x, Planned)],
+        sample_indices=[x.sample_index for x in items if isinstance(x, Planned)],
+    ))  # fmt: skip
+    exs = [next(built) if isinstance(x, Planned) else x for x in items]
+    longest = max(map(len, exs))
+    if row_len is None:
+        got, ref = collate_plans(items, corrupt.layout, pad_to=7), collate_pad(exs, pad_to=7)
+    else:
+        row = max(row_len, longest)
+        got, ref = collate_plans(items, corrupt.layout, row_len=row), collate_pack(exs, row_len=row)
+    for f in fields(ref):
+        a, b = getattr(got, f.name), getattr(ref, f.name)
+        assert (a is None) == (b is None), f.name
+        if a is not None:
+            assert a.dtype == b.dtype and torch.equal(a, b), f.name
+
+
+def test_plan_batch_edge_cases():
+    """Texts without a sentence, of several documents, of [CLS] x [eos] only, without eos:
+    the batched planning makes the per-sample plans and draws."""
+    toks = [
+        [SP.cls, SP.eos, SP.cls, SP.eos],  # no sentence, two empty documents
+        [SP.cls, 20, SP.eos],  # the shortest text
+        [SP.cls, 20, 21, 22, 23, 24, 25, 26],  # cut: no eos
+        [SP.cls, 20, 21, SP.eos, SP.cls, 22, 23, 24, SP.eos],  # two documents
+        [20, 21, 22, 23, SP.eos],  # no [CLS]
+    ]
+    samples = [
+        RawSample(tokens=np.array(t), loss_mask=(np.array(t) != SP.cls).astype(np.float32),
+                  sentence_end=np.array(t) == 22, index=i)
+        for i, t in enumerate(toks)
+    ]  # fmt: skip
+    for name in ("sentence", "document_infill", "mix", "dense_spans", "ablations"):
+        corrupt = Corruptor(CorruptConfig(**CORRUPT[name]), SP)
+        for seed in range(30):
+            for forced in (None, 0, 1, 2):
+                kw = dict(objective=forced, generation_len=None if forced is None else 3)
+                rngs = [np.random.default_rng([seed, i]) for i in range(len(samples))]
+                batch = corrupt.corrupt_batch(samples, rngs, **kw)
+                for i, (s, ex) in enumerate(zip(samples, batch, strict=True)):
+                    ref = np.random.default_rng([seed, i])
+                    _same(ex, corrupt(s, ref, **kw))
+                    assert rngs[i].bit_generator.state == ref.bit_generator.state

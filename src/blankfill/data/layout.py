@@ -3,8 +3,10 @@
 Per sample, ``build_blocks`` is some 40 small numpy calls, which cost more than the arithmetic
 they do. Here every text of the batch is laid end to end and every span of every text goes into
 one set of flat arrays, so Part A (drop the span tokens, put each blank) and Part B (one gather
-for inputs, one for labels) are built for the batch in one pass each; the Examples are views
-into the flat result. A test checks the output equals ``build_blocks`` sample by sample.
+for inputs, one for labels) are built for the batch in one pass each (``flat_blocks`` ->
+``FlatBlocks``). ``build_blocks_batch`` makes Examples of them (views into the flat result);
+the loader instead hands ``Planned`` samples to ``pack.collate_plans``, which lays the flat
+arrays straight into a batch's rows. Tests check both against ``build_blocks`` sample by sample.
 """
 
 from __future__ import annotations
@@ -35,9 +37,88 @@ class SpanPlan(NamedTuple):
     sentinel: bool = False
 
 
+class Planned(NamedTuple):
+    """A span sample before its layout (``pack.collate_plans`` lays it out into a batch's rows).
+
+    Attributes:
+        text: int [n] the text.
+        plan: its ``SpanPlan``; the laid-out sample has n + 2k tokens for k spans.
+        objective: stored per target token in the batch.
+        sample_index: the global sample index.
+    """
+
+    text: np.ndarray
+    plan: SpanPlan
+    objective: int
+    sample_index: int
+
+
 def _excl(x: np.ndarray) -> np.ndarray:
     """Exclusive running sum: [0, x0, x0 + x1, ...] without the total."""
     return x.cumsum() - x
+
+
+class FlatBlocks(NamedTuple):
+    """The Part A / Part B layout of B samples as flat arrays (``flat_blocks``): sample i is its
+    Part A ``part_a[a_i : a_i + sep_i]`` then its Part B ``b_*[b_i : b_i + nb_i]``, with a and b
+    the exclusive running sums of ``sep`` and ``nb``.
+
+    Attributes:
+        part_a: int64 [NA] every sample's Part A (inputs = labels), end to end.
+        sep: int64 [B] |Part A| (``context_len``).
+        b_in, b_lab, b_pos, b_blk: int64 [NB] Part B inputs, labels, positions, block positions.
+        nb: int64 [B] |Part B| (span tokens + one opener per span); the loss mask is 1 on all of it.
+    """
+
+    part_a: np.ndarray
+    sep: np.ndarray
+    b_in: np.ndarray
+    b_lab: np.ndarray
+    b_pos: np.ndarray
+    b_blk: np.ndarray
+    nb: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """int64 [B] each sample's length, |Part A| + |Part B|."""
+        return self.sep + self.nb
+
+    def examples(
+        self, objectives: Sequence[int] | None = None, sample_indices: Sequence[int] | None = None
+    ) -> list[Example]:
+        """The B Examples (views of shared buffers), with their objective and sample index."""
+        sep, nb = self.sep.tolist(), self.nb.tolist()
+        B = len(sep)
+        total = sum(sep) + sum(nb)
+        input_ids = np.empty(total, np.int64)
+        labels = np.empty(total, np.int64)
+        position_ids = np.zeros((2, total), np.int64)
+        loss_mask = np.zeros(total, np.float32)
+        count = np.arange(max(sep, default=0))  # Part-A positions 0, 1, ...
+        objectives = [0] * B if objectives is None else objectives
+        sample_indices = [-1] * B if sample_indices is None else sample_indices
+        out = []
+        o = a0 = b0 = 0
+        for i, (s, t) in enumerate(zip(sep, nb, strict=True)):
+            a1, b1, mid, end = a0 + s, b0 + t, o + s, o + s + t
+            input_ids[o:mid] = labels[o:mid] = self.part_a[a0:a1]
+            input_ids[mid:end], labels[mid:end] = self.b_in[b0:b1], self.b_lab[b0:b1]
+            position_ids[0, o:mid] = count[:s]
+            position_ids[:, mid:end] = self.b_pos[b0:b1], self.b_blk[b0:b1]
+            loss_mask[mid:end] = 1.0
+            out.append(
+                Example(
+                    input_ids=input_ids[o:end],
+                    labels=labels[o:end],
+                    loss_mask=loss_mask[o:end],
+                    position_ids=position_ids[:, o:end],
+                    context_len=s,
+                    objective=objectives[i],
+                    sample_index=sample_indices[i],
+                )
+            )
+            o, a0, b0 = end, a1, b1
+        return out
 
 
 def build_blocks_batch(
@@ -63,14 +144,33 @@ def build_blocks_batch(
     Returns:
         B Examples equal to ``build_blocks``'s; their arrays are views of shared buffers.
     """
-    B = len(texts)
-    if B == 0:
+    if not texts:
         return []
+    blocks = flat_blocks(
+        texts, plans, sop_id=sop_id, eop_id=eop_id, block_positions=block_positions,
+        sentinel_ids=sentinel_ids,
+    )  # fmt: skip
+    return blocks.examples(objectives, sample_indices)
+
+
+def flat_blocks(
+    texts: Sequence[np.ndarray],
+    plans: Sequence[SpanPlan],
+    *,
+    sop_id: int,
+    eop_id: int,
+    block_positions: bool = True,
+    sentinel_ids: Sequence[int] | None = None,
+) -> FlatBlocks:
+    """The layout of ``build_blocks_batch`` as ``FlatBlocks`` (no Examples: ``collate_blocks``
+    writes them straight into a batch's rows). B >= 1; arguments as ``build_blocks_batch``."""
+    B = len(texts)
     n = np.array([len(t) for t in texts], np.int64)  # [B]
     k = np.array([len(p.starts) for p in plans], np.int64)  # [B]
     X = np.concatenate(texts).astype(np.int64, copy=False)  # [N] all texts end to end
-    S_t = np.concatenate([p.starts for p in plans]) + np.repeat(_excl(n), k)  # [K] text order
-    E_t = np.concatenate([p.ends for p in plans]) + np.repeat(_excl(n), k)  # [K]
+    shift = np.repeat(_excl(n), k)  # [K] where each span's text starts in X
+    S_t = np.concatenate([p.starts for p in plans]) + shift  # [K] text order
+    E_t = np.concatenate([p.ends for p in plans]) + shift  # [K]
     m_t = E_t - S_t  # [K] span lengths
     first = _excl(k)  # [B] index of each sample's first span
     same = np.ones(len(S_t), bool)  # [K] span i-1 is in the same sample as span i
@@ -108,7 +208,7 @@ def build_blocks_batch(
     dropped = m_t - 1  # [K] tokens each span removes from its text
     before = dropped.cumsum() - dropped  # [K] removed before span j in the batch
     before -= before[first][sample_of]  # ... in its own sample
-    blank_at = S_t - np.repeat(_excl(n), k) - before  # [K] the blank's position in its Part A
+    blank_at = S_t - shift - before  # [K] the blank's position in its Part A
     span_sum = np.bincount(sample_of, weights=m_t, minlength=B).astype(np.int64)  # [B]
     sep = n - span_sum + k  # [B] |Part A| of each sample
     # Part B of all texts in Part-B order: span j occupies [off_j, off_j + m_j] ([sop] first)
@@ -123,35 +223,4 @@ def build_blocks_batch(
     span_pos = np.where(flag[sample_of], sep[sample_of], blank_at[border])  # sentinel: |A|
     b_pos = span_pos.repeat(m + 1)  # [NB]
     b_blk = np.arange(1, NB + 1) - off.repeat(m + 1) if block_positions else np.ones(NB, np.int64)
-    # each sample is its Part A then its Part B, written with slices into one buffer
-    T = sep + span_sum + k  # [B]
-    total = int(T.sum())
-    input_ids = np.empty(total, np.int64)
-    labels = np.empty(total, np.int64)
-    position_ids = np.zeros((2, total), np.int64)
-    loss_mask = np.zeros(total, np.float32)
-    count = np.arange(int(sep.max()))  # Part-A positions 0, 1, ...
-    objectives = [0] * B if objectives is None else objectives
-    sample_indices = [-1] * B if sample_indices is None else sample_indices
-    out = []
-    o = a0 = b0 = 0
-    for i, (s, t) in enumerate(zip(sep.tolist(), T.tolist(), strict=True)):
-        a1, b1, mid, end = a0 + s, b0 + t - s, o + s, o + t
-        input_ids[o:mid] = labels[o:mid] = part_a[a0:a1]
-        input_ids[mid:end], labels[mid:end] = b_in[b0:b1], b_lab[b0:b1]
-        position_ids[0, o:mid] = count[:s]
-        position_ids[0, mid:end], position_ids[1, mid:end] = b_pos[b0:b1], b_blk[b0:b1]
-        loss_mask[mid:end] = 1.0
-        out.append(
-            Example(
-                input_ids=input_ids[o:end],
-                labels=labels[o:end],
-                loss_mask=loss_mask[o:end],
-                position_ids=position_ids[:, o:end],
-                context_len=s,
-                objective=objectives[i],
-                sample_index=sample_indices[i],
-            )
-        )
-        o, a0, b0 = end, a1, b1
-    return out
+    return FlatBlocks(part_a, sep, b_in, b_lab, b_pos, b_blk, span_sum + k)

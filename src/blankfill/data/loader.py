@@ -23,8 +23,9 @@ import numpy as np
 from ..config import CorruptConfig, DataConfig
 from .batch import Batch
 from .corrupt import Example
+from .layout import Planned
 from .objectives import Corruptor, choose_objective, draw_generation_len
-from .pack import collate_pack, collate_pad
+from .pack import collate_plans
 from .samples import SplitView, epoch_windows, raw_sample, raw_samples
 from .seeding import SampleGenerators
 from .store import TokenStore, special_to_dict
@@ -151,34 +152,42 @@ class PretrainLoader:
 
     def examples(self, first: int, count: int) -> list[Example]:
         """Global samples ``first .. first+count-1``, corrupted (one objective group)."""
+        raws, rngs, group = self._raws(first, count)
+        return self.corruptor.corrupt_batch(raws, rngs, **group)
+
+    def _raws(self, first: int, count: int) -> tuple[list[Any], list[np.random.Generator], dict]:
+        """The raw samples ``first .. first+count-1``, their generators and the group's draws."""
         ids = range(first, first + count)
         rngs = self._rngs([divmod(g, self.samples_per_epoch) for g in ids])  # as ``raw``'s
         raws = raw_samples(
             self.view, self._anchors(first, count), rngs, seq_len=self.cfg.seq_len,
             special=self.special, sample_across_doc=self.cfg.sample_across_doc, indices=list(ids),
         )  # fmt: skip
-        objective = generation_len = None
+        group: dict[str, int | None] = {"objective": None, "generation_len": None}
         if self.corrupt_cfg.mix_per == "batch":
             epoch, i = divmod(first, self.samples_per_epoch)
             grng = np.random.default_rng([self.cfg.seed, epoch, i, 1])
-            objective = choose_objective(grng.random(), self.corrupt_cfg)
+            group["objective"] = choose_objective(grng.random(), self.corrupt_cfg)
             lengths = [len(s) for s in raws]
-            generation_len = draw_generation_len(grng, lengths, self.corrupt_cfg.document_min_ratio)
-        return self.corruptor.corrupt_batch(
-            raws, rngs, objective=objective, generation_len=generation_len
-        )
+            group["generation_len"] = draw_generation_len(
+                grng, lengths, self.corrupt_cfg.document_min_ratio
+            )
+        return raws, rngs, group
 
     def batch(self, step: int) -> Batch:
-        """This rank's batch at ``step`` (a pure function of the step)."""
+        """This rank's batch at ``step`` (a pure function of the step): ``collate_pad`` or
+        ``collate_pack`` of ``examples``, with the span samples laid straight into the rows."""
         B = self.cfg.batch_size
-        examples = self.examples((step * self.world_size + self.rank) * B, B)
+        raws, rngs, group = self._raws((step * self.world_size + self.rank) * B, B)
+        items = self.corruptor.corrupt_plans(raws, rngs, **group)
+        row = None
         if self.cfg.layout == "pack":
-            row = max(
-                self.cfg.pack_len or self.cfg.seq_len + self.cfg.seq_len // 4,
-                max(map(len, examples)),
+            longest = max(
+                len(x.text) + 2 * len(x.plan.starts) if isinstance(x, Planned) else len(x)
+                for x in items
             )
-            return collate_pack(examples, row_len=row)
-        return collate_pad(examples)
+            row = max(self.cfg.pack_len or self.cfg.seq_len + self.cfg.seq_len // 4, longest)
+        return collate_plans(items, self.corruptor.layout, row_len=row)
 
     # -- iteration and state --------------------------------------------------------------------
     @property

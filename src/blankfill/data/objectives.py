@@ -27,19 +27,24 @@ import numpy as np
 from ..config import CorruptConfig
 from .baselines import build_causal, build_masked
 from .corrupt import Example, build_blocks, build_suffix
-from .layout import SpanPlan, build_blocks_batch
+from .layout import FlatBlocks, Planned, SpanPlan, flat_blocks
+from .planning import (  # re-exported: the objective ids and draws
+    DOCUMENT,
+    MAX_REDRAWS,
+    SENTENCE,
+    TOKEN,
+    choose_objective,
+    draw_generation_len,
+    plan_batch,
+)
 from .spans import (
     document_segments,
-    one_region_spans_batch,
     place_span_arrays,
     sentence_span_arrays,
     span_length_array,
     span_length_pmf,
     span_length_table,
 )
-
-TOKEN, SENTENCE, DOCUMENT = 0, 1, 2  # indices into OBJECTIVES
-_MAX_REDRAWS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,22 +65,6 @@ class RawSample:
 
     def __len__(self) -> int:
         return len(self.tokens)
-
-
-def choose_objective(u: float, cfg: CorruptConfig) -> int:
-    """Map a uniform draw to an objective by the configured mix (official ``construct_blocks``)."""
-    if u < cfg.token_prob:
-        return TOKEN
-    if u < cfg.token_prob + cfg.sentence_prob:
-        return SENTENCE
-    return DOCUMENT
-
-
-def draw_generation_len(rng: np.random.Generator, lengths: list[int], min_ratio: float) -> int:
-    """g ~ U[floor(min_ratio * min(lengths)), max(lengths) - 2] (one draw per batch officially)."""
-    hi = max(max(lengths) - 2, 1)
-    lo = min(max(int(min_ratio * min(lengths)), 1), hi)
-    return int(rng.integers(lo, hi + 1))
 
 
 class Corruptor:
@@ -150,24 +139,43 @@ class Corruptor:
         """``[self(s, rng, ...) for s, rng in zip(samples, rngs)]``, planned by ``plan_batch``
         and with the Part A / Part B layout of all span objectives built in one batched pass
         (``build_blocks_batch``)."""
-        plans = self.plan_batch(samples, rngs, objective=objective, generation_len=generation_len)
-        spans = [i for i, (_, p) in enumerate(plans) if isinstance(p, SpanPlan)]
-        built = build_blocks_batch(
-            [samples[i].tokens for i in spans],
-            [plans[i][1] for i in spans],
-            sop_id=self.sop,
-            eop_id=self.eop,
-            block_positions=self.cfg.block_positions,
-            sentinel_ids=self.sentinel_ids,
-            objectives=[plans[i][0] for i in spans],
-            sample_indices=[samples[i].index for i in spans],
+        items = self.corrupt_plans(
+            samples, rngs, objective=objective, generation_len=generation_len
         )
-        out: list[Example] = []
-        it = iter(built)
-        for s, (obj, p) in zip(samples, plans, strict=True):
-            out.append(next(it) if isinstance(p, SpanPlan) else replace(
-                p, objective=obj, sample_index=s.index))  # fmt: skip
-        return out
+        spans = [x for x in items if isinstance(x, Planned)]
+        built = iter(
+            self.layout([x.text for x in spans], [x.plan for x in spans]).examples(
+                [x.objective for x in spans], [x.sample_index for x in spans]
+            )
+            if spans
+            else ()
+        )
+        return [next(built) if isinstance(x, Planned) else x for x in items]
+
+    def corrupt_plans(
+        self,
+        samples: list[RawSample],
+        rngs: list[np.random.Generator],
+        *,
+        objective: int | None = None,
+        generation_len: int | None = None,
+    ) -> list[Example | Planned]:
+        """``corrupt_batch`` with the span samples still ``Planned`` (``collate_plans`` lays
+        them out straight into a batch's rows); arguments as ``corrupt_batch``."""
+        plans = self.plan_batch(samples, rngs, objective=objective, generation_len=generation_len)
+        return [
+            Planned(s.tokens, p, obj, s.index)
+            if isinstance(p, SpanPlan)
+            else replace(p, objective=obj, sample_index=s.index)
+            for s, (obj, p) in zip(samples, plans, strict=True)
+        ]
+
+    def layout(self, texts: list[np.ndarray], plans: list[SpanPlan]) -> FlatBlocks:
+        """``flat_blocks`` of span samples with this corruptor's special ids and ablations."""
+        return flat_blocks(
+            texts, plans, sop_id=self.sop, eop_id=self.eop,
+            block_positions=self.cfg.block_positions, sentinel_ids=self.sentinel_ids,
+        )  # fmt: skip
 
     def plan(
         self,
@@ -210,36 +218,13 @@ class Corruptor:
         generation_len: int | None = None,
     ) -> list[tuple[int, SpanPlan | Example]]:
         """``[self.plan(s, rng, ...) for ...]``: the same draws from each generator, with the
-        token-level spans of one-document texts (nearly all) drawn for the batch at once
-        (``one_region_spans_batch``)."""
+        numpy work between them done for the batch at once (``planning.plan_batch``)."""
         if self.cfg.objective != "glm":
             return [
                 self.plan(s, r, objective=objective, generation_len=generation_len)
                 for s, r in zip(samples, rngs, strict=True)
             ]
-        out: list = [None] * len(samples)
-        token = []  # samples left for the token level, in order
-        for i, (sample, rng) in enumerate(zip(samples, rngs, strict=True)):
-            if len(sample) < 3:
-                raise ValueError(
-                    f"a sample needs at least 3 tokens ([CLS] x [eos]), got {len(sample)}"
-                )
-            u = rng.random()  # as plan: the same draws in the same order, per generator
-            obj = choose_objective(u, self.cfg) if objective is None else objective
-            if obj == SENTENCE and (plan := self.sentence_level(sample, rng)) is not None:
-                out[i] = (SENTENCE, plan)
-            elif obj != DOCUMENT:
-                token.append(i)
-            else:
-                out[i] = (DOCUMENT, self._document(sample, rng, generation_len))
-        found = self._token_spans_batch([samples[i] for i in token], [rngs[i] for i in token])
-        for i, spans in zip(token, found, strict=True):
-            if spans is None:
-                out[i] = (DOCUMENT, self._document(samples[i], rngs[i], generation_len))
-            else:
-                sentinel = self.sentinel_ids is not None
-                out[i] = (TOKEN, self._plan(*spans, self.mask_ids[TOKEN], rngs[i], sentinel))
-        return out
+        return plan_batch(self, samples, rngs, objective=objective, generation_len=generation_len)
 
     def _document(
         self, sample: RawSample, rng: np.random.Generator, generation_len: int | None
@@ -252,7 +237,7 @@ class Corruptor:
         order = rng.permutation(len(starts)) if self.cfg.shuffle_spans else None
         return SpanPlan(starts, ends, order, mask_id, sentinel)
 
-    def _token_spans(self, sample: RawSample, rng: np.random.Generator, tries: int = _MAX_REDRAWS):
+    def _token_spans(self, sample: RawSample, rng: np.random.Generator, tries: int = MAX_REDRAWS):
         """Poisson spans covering ``mask_ratio`` of the text as sorted int64 (starts, ends);
         None if they do not fit in ``tries`` draws."""
         segs = document_segments(sample.tokens, cls_id=self.cls, eos_id=self.eos)
@@ -266,36 +251,6 @@ class Corruptor:
                 by_start = spans[0].argsort()
                 return spans[0][by_start], spans[1][by_start]
         return None
-
-    def _token_spans_batch(self, samples: list[RawSample], rngs: list[np.random.Generator]):
-        """``[self._token_spans(s, r) for ...]``; texts of one document take their first try
-        batched (``one_region_spans_batch``), the rest (and the redraws) go one by one."""
-        if not samples:
-            return []
-        n = np.array([len(s) for s in samples], np.int64)  # [F]
-        first = n.cumsum() - n
-        X = np.concatenate([s.tokens for s in samples])  # [N] the texts end to end
-        is_eos = X == self.eos
-        last_eos = is_eos[first + n - 1]  # [F]
-        inner_eos = np.add.reduceat(is_eos.astype(np.int64), first) - last_eos  # [F]
-        offset = (X[first] == self.cls).astype(np.int64)  # [F] as document_segments
-        room = n - last_eos - offset  # [F] the one document's maskable length
-        targets = np.array([int(self.cfg.mask_ratio * len(s)) for s in samples], np.int64)
-        one = np.flatnonzero((inner_eos == 0) & (room > 0) & (targets > 0))
-        out = [None] * len(samples)
-        got = one_region_spans_batch(
-            targets[one], offset[one], room[one], [rngs[i] for i in one.tolist()], self.cdf,
-            self.mean,
-        )  # fmt: skip
-        for i, spans in zip(one.tolist(), got, strict=True):
-            if spans is None:  # the first try did not fit: the redraws, one by one
-                spans = self._token_spans(samples[i], rngs[i], _MAX_REDRAWS - 1)
-            out[i] = spans
-        rest = np.ones(len(samples), bool)
-        rest[one] = False
-        for i in np.flatnonzero(rest).tolist():  # several documents, or nothing to mask
-            out[i] = self._token_spans(samples[i], rngs[i])
-        return out
 
     def token_level(self, sample: RawSample, rng: np.random.Generator) -> SpanPlan | None:
         """``[MASK]`` (or sentinel) spans; None if they cannot be placed (many short documents)."""
@@ -333,6 +288,9 @@ class Corruptor:
             if spans is not None and len(spans[0]):
                 return self._plan(*spans, self.mask_ids[DOCUMENT], rng)
         # else, or when the document is shorter than g (cut text): the suffix form
+        return self._suffix(sample, g)
+
+    def _suffix(self, sample: RawSample, g: int) -> Example:
         return build_suffix(
             sample.tokens, g, gmask_id=self.mask_ids[DOCUMENT], sop_id=self.sop,
             loss_mask=sample.loss_mask, block_positions=self.cfg.block_positions,

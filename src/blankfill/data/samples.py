@@ -244,42 +244,37 @@ def _windows(
     eos: int,
     indices: list[int],
 ) -> list[RawSample]:
-    """``_window_sample`` for W documents of a one-shard store at once (same steps, as arrays)."""
+    """``_window_sample`` for W documents of a one-shard store at once (same steps, as arrays).
+
+    The walk, the cut and the window's sentence ends are all read off the store's sorted
+    sentence-end indices with two ``searchsorted`` calls for the batch (no per-token arrays):
+    token i starts a sentence iff i == 0 or the end list holds i - 1.
+    """
     store = view.store
-    W = len(d)
     n_doc, s0 = view.lengths[d], view.starts[d]  # [W]
     n, limit = seq_len - 1, seq_len // 2
     start = np.minimum(offset, n_doc + 1 - n)
-    lo = np.maximum(0, start - limit - 1)
-    hi = np.minimum(n_doc, start + limit + n)
-    # E[w, j]: token lo + j of document w ends a sentence (0 <= j < hi - lo, False after)
-    width = 2 * limit + n + 2
     ends_g = store._shard_ends()[0]  # sorted store indices of sentence ends
-    a, b = ends_g.searchsorted(s0 + lo), ends_g.searchsorted(s0 + hi)  # [W]
-    cnt = b - a
-    row = np.repeat(np.arange(W), cnt)
-    at = np.arange(int(cnt.sum())) + np.repeat(a - (cnt.cumsum() - cnt), cnt)
-    E = np.zeros((W, width), bool)
-    E[row, ends_g[at] - (s0 + lo)[row]] = True
-    # the walk to a sentence start (``_snap_start``): one direction draw per window
-    step = np.array([-1 if r.random() < 0.5 else 1 for r in rngs], np.int64)  # [W]
-    steps = np.maximum(np.minimum(limit, np.where(step > 0, n_doc - 1 - start, start - 1)), 0)
-    t = np.arange(limit + 1)
-    idx = start[:, None] + step[:, None] * t  # [W, limit + 1] positions visited
-    # gathers from E go through its flat view (row w at w * width): cheaper than take_along_axis
-    E_flat, row0 = E.ravel(), np.arange(0, W * width, width)  # [W * width], [W]
-    col = np.clip(idx - 1 - lo[:, None], 0, width - 1) + row0[:, None]
-    hit = ((idx == 0) | E_flat[col]) & (t <= steps[:, None])
-    first = hit.argmax(axis=1)
-    found = hit[np.arange(W), first]
-    start = np.minimum(np.where(found, idx[np.arange(W), first], start), n_doc + 1 - n)
+    last = len(ends_g) - 1
+    # the walk (``_snap_start``): one direction draw per window, then up to `steps` tokens that
+    # way to the nearest sentence start: after the first end >= start - 1 (forwards) or the
+    # last end <= start - 1 (backwards)
+    forward = np.array([r.random() >= 0.5 for r in rngs])  # [W]
+    steps = np.maximum(np.minimum(limit, np.where(forward, n_doc - 1 - start, start - 1)), 0)
+    key = s0 + start - 1
+    q = ends_g.searchsorted(key)  # [W] first end >= key
+    at_q = ends_g.take(np.minimum(q, last))
+    q = np.where(forward, q, q - 1 + ((q <= last) & (at_q == key)))  # backwards: last <= key
+    e = ends_g.take(np.clip(q, 0, last))  # [W] that end (when 0 <= q <= last)
+    moved = e + 1 - s0 - start  # [W] signed distance to the sentence start after it
+    found = (q >= 0) & (q <= last) & (np.where(forward, moved, -moved) <= steps)
+    start = np.minimum(np.where(found & (start > 0), start + moved, start), n_doc + 1 - n)
     # the end: the document's eos, or the last sentence end of the window (``_cut_at_...``)
     with_eos = start + n > n_doc
-    # start - lo <= 2 * limit + 1: the walk moved at most limit from lo + limit + 1
-    assert (start - lo + n <= width).all(), "the window must lie inside the sentence-end rows"
-    win = E_flat[(row0 + start - lo)[:, None] + np.arange(n)]  # [W, n]
-    last = n - 1 - win[:, ::-1].argmax(axis=1)  # [W] last sentence end (if any)
-    cut = np.where(win.any(axis=1) & (last + 1 >= n // 2), last + 1, n)
+    m_max = np.minimum(n, n_doc - start)  # [W] window tokens inside the document
+    a, b = ends_g.searchsorted(np.concatenate([s0 + start, s0 + start + m_max])).reshape(2, -1)
+    j = ends_g.take(np.maximum(b - 1, 0)) - (s0 + start)  # [W] last end in the window
+    cut = np.where((b > a) & (j + 1 >= n // 2), j + 1, n)
     m = np.where(with_eos, n_doc - start, cut)  # [W] document tokens kept
     L = 1 + m + with_eos
     # one flat buffer: [CLS] + tokens (+ eos) per window, filled with slices
@@ -287,14 +282,17 @@ def _windows(
     flat_tok = np.empty(int(L.sum()), np.int64)
     flat_tok[o] = cls
     flat_tok[o + L - 1] = eos  # overwritten below where the window has no eos
-    flat_end = np.zeros(len(flat_tok), bool)
     flat_lm = np.ones(len(flat_tok), np.float32)
     flat_lm[o] = 0.0
+    # the kept window's sentence ends are ends_g[a:b] (ends after a cut lie beyond b)
+    flat_end = np.zeros(len(flat_tok), bool)
+    cnt = b - a
+    k = np.arange(int(cnt.sum())) + np.repeat(a - (cnt.cumsum() - cnt), cnt)
+    flat_end[ends_g[k] - np.repeat(s0 + start - o - 1, cnt)] = True
     tokens, out = store.tokens, []
-    at, first_end = (s0 + start).tolist(), (start - lo).tolist()
+    at = (s0 + start).tolist()
     for w, (i, k, j, g) in enumerate(zip(o.tolist(), L.tolist(), m.tolist(), indices, strict=True)):
         flat_tok[i + 1 : i + 1 + j] = tokens[at[w] : at[w] + j]
-        flat_end[i + 1 : i + 1 + j] = E[w, first_end[w] : first_end[w] + j]
         out.append(
             RawSample(
                 tokens=flat_tok[i : i + k],

@@ -101,9 +101,16 @@ class SampleGenerators:
             return [np.random.default_rng([self.seed, e, i]) for e, i in keys]
         while len(self._pool) < len(keys):
             self._pool.append(np.random.Generator(np.random.PCG64(0)))
+        if not keys:
+            return []
+        (e0, first), (e1, last) = keys[0], keys[-1]
+        if e0 == e1 and last - first == len(keys) - 1 and first // self.CHUNK == last // self.CHUNK:
+            a = first % self.CHUNK  # consecutive indices of one chunk (a batch): one slice
+            rows = self._words(e0, first // self.CHUNK)[a : a + len(keys)].tolist()
+        else:
+            rows = [self._words(e, i // self.CHUNK)[i % self.CHUNK].tolist() for e, i in keys]
         out = []
-        for gen, (epoch, i) in zip(self._pool, keys, strict=False):
-            s0, s1, i0, i1 = self._words(epoch, i // self.CHUNK)[i % self.CHUNK].tolist()
+        for gen, (s0, s1, i0, i1) in zip(self._pool, rows, strict=False):
             # pcg64_set_seed: state = 0, inc = 2 * initseq + 1; step; state += initstate; step
             inc = ((((i0 << 64) | i1) << 1) | 1) & _M128
             state = ((inc + ((s0 << 64) | s1)) * _PCG_MULT + inc) & _M128

@@ -195,45 +195,47 @@ def one_region_spans_batch(
     """
     if not rngs:
         return []
-    need = [int(t / mean) + 4 for t in targets.tolist()]  # span_length_array's first chunk
-    u = np.concatenate([r.random(n) for r, n in zip(rngs, need, strict=True)])
+    need = (targets / mean).astype(np.int64) + 4  # [F] span_length_array's first chunk
+    u = np.concatenate([r.random(n) for r, n in zip(rngs, need.tolist(), strict=True)])
     draws = cdf.searchsorted(u, side="right") + 1  # [sum(need)]
-    first = np.cumsum(need) - need  # [F] each text's first draw
+    first = need.cumsum() - need  # [F] each text's first draw
     csum = draws.cumsum()
     csum -= np.repeat(csum[first] - draws[first], need)  # running sum within each text
-    stop = np.add.reduceat((csum < np.repeat(targets, need)).astype(np.int64), first)  # [F]
-    pieces = []  # per text: its shuffled span lengths (placement order)
-    rows = zip(rngs, first.tolist(), need, stop.tolist(), targets.tolist(), strict=True)
-    for r, a, n, below, t in rows:  # below: draws whose running sum is under the target
-        if below < n:
+    stop = np.add.reduceat(csum < np.repeat(targets, need), first, dtype=np.int64)  # [F]
+    total = csum[first + np.minimum(stop, need - 1)]  # [F] the lengths' sum (if the chunk did)
+    pieces, places = [], []  # per text: its shuffled span lengths (placement order), the gaps
+    fit = np.zeros(len(rngs), bool)
+    widest = 0  # the most gap tokens of a text that fits
+    rows = zip(
+        rngs, first.tolist(), need.tolist(), stop.tolist(), targets.tolist(), total.tolist(),
+        room.tolist(), strict=True,
+    )  # fmt: skip
+    for i, (r, a, n, below, t, tot, space) in enumerate(rows):
+        if below < n:  # below: draws whose running sum is under the target
             d = draws[a : a + below + 1]
         else:  # the first chunk fell short: the loop goes on from its total
-            more = span_length_array(t - int(csum[a + n - 1]), r, cdf, mean)
+            more = span_length_array(t - tot, r, cdf, mean)
             d = np.concatenate([draws[a : a + n], more])
-        pieces.append(d[r.permutation(len(d))])
-    k = np.array([len(p) for p in pieces], np.int64)  # [F]
-    lengths = np.concatenate(pieces)  # [K]
-    kfirst = k.cumsum() - k
-    total = np.add.reduceat(lengths, kfirst)  # [F]
-    free = room - total - k + 1  # [F] gap tokens beyond the one between neighbours
-    fit = free >= 0
-    places = []
-    for i, (r, f, n) in enumerate(zip(rngs, free.tolist(), k.tolist(), strict=True)):
+            tot += int(more.sum())
+        r.shuffle(d)  # in place (a view of this text's draws): d[r.permutation(len(d))]
+        pieces.append(d)
+        f = space - tot - len(d) + 1  # gap tokens beyond the one between neighbours
         if f >= 0:
-            places.append(r.integers(0, f + 1, size=n))
+            places.append(r.integers(0, f + 1, size=len(d)))
+            fit[i] = True
+            widest = max(widest, f)
             continue
         # as place_span_arrays: the spans that fit are placed (a draw), then the try fails
-        rest = pieces[i]
-        take = int((rest.cumsum() + np.arange(len(rest))).searchsorted(room[i], "right"))
+        take = int((d.cumsum() + np.arange(len(d))).searchsorted(space, "right"))
         if take:
-            _spans_in_segment(rest[:take], int(offsets[i]), int(room[i]), r)
+            _spans_in_segment(d[:take], int(offsets[i]), space, r)
     if not places:
         return [None] * len(rngs)
     sel = np.flatnonzero(fit)
     m = np.concatenate([pieces[i] for i in sel])  # [M] lengths of the texts that fit
-    km = k[sel]
+    km = np.array([len(p) for p in places], np.int64)
     group = np.repeat(np.arange(len(sel)), km)  # [M]
-    width = int(free[sel].max()) + 2
+    width = widest + 2
     p = np.sort(np.concatenate(places) + group * width) - group * width  # sorted within a text
     step = (m + 1).cumsum()
     before = step - (m + 1)  # [M] exclusive running sum within the batch ...
