@@ -19,8 +19,8 @@ from blankfill.kernels import (
     onednn_available,
     onednn_training_speedup,
     single_row_mkl_speedup,
-    wide_row_major_speedup,
     training_kernels_,
+    wide_row_major_speedup,
 )
 from blankfill.model import GLM
 from blankfill.testing import tiny_config
