@@ -48,4 +48,4 @@ def test_kept_memory_is_reused_not_faulted_in_again():
 def test_off_glibc_nothing_changes(monkeypatch):
     monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("", ""))
     assert allocator.keep_freed_memory(True) is False
-    assert "not glibc" in allocator.describe(True)
+    assert "not glibc" in allocator.describe()

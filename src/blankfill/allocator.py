@@ -74,13 +74,11 @@ def keep_freed_memory(keep: bool = True) -> bool:
     return bool(mmap_ok & trim_ok & mallopt(_M_TOP_PAD, KEPT_TOP_PAD))
 
 
-def describe(kept: bool) -> str:
-    """One line for ``blankfill info --hardware`` and the run log."""
+def describe() -> str:
+    """One line for ``blankfill info --hardware``: what ``keep_freed_memory()`` does here."""
     if _mallopt() is None:
         return "not glibc: the C library's malloc as it is"
-    if kept:
-        return (
-            "glibc malloc keeps freed memory for the next step (mmap threshold 1 GiB, no trim; "
-            "train.keep_freed_memory=false returns it to the OS)"
-        )
-    return "glibc malloc as configured by default (freed memory returned to the OS)"
+    return (
+        "glibc malloc keeps freed memory for the next step (mmap threshold 1 GiB, no trim; "
+        "train.keep_freed_memory=false returns it to the OS)"
+    )

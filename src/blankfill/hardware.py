@@ -267,19 +267,18 @@ def choose_decoding_precision(
 def decoding_kernels(device: torch.device) -> str:
     """Which matmuls blank filling runs on ``device`` (``decoding_layout_``), and why."""
     from .kernels import (
-        WIDE_ROW_MAJOR_MIN_SPEEDUP,
         onednn_available,
         single_row_by_mkl,
         single_row_mkl_speedup,
         wide_row_major_speedup,
+        wide_rows_row_major,
     )
 
     if device.type != "cpu":
         return f"PyTorch's own on {device.type}"
-    wide = wide_row_major_speedup()  # measured once per process, as column_major_ reads it
-    layout = "column-major weights" + (
-        f" (row-major where more inputs than outputs: {wide:.2f}x column-major)"
-        if wide >= WIDE_ROW_MAJOR_MIN_SPEEDUP
+    layout = "column-major weights" + (  # the ratio: the cached measurement the choice read
+        f" (row-major where more inputs than outputs: {wide_row_major_speedup():.2f}x column-major)"
+        if wide_rows_row_major()
         else ""
     )
     if not onednn_available():

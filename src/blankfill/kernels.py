@@ -155,7 +155,7 @@ def column_major_(model: GLM, *, wide_row_major: bool | None = None) -> GLM:
             :func:`wide_row_major_speedup` measures it.
     """
     if wide_row_major is None:
-        wide_row_major = wide_row_major_speedup() >= WIDE_ROW_MAJOR_MIN_SPEEDUP
+        wide_row_major = wide_rows_row_major()
     matrices = [model.word_embeddings.weight]
     matrices += [m.weight for m in model.transformer.layers.modules() if isinstance(m, nn.Linear)]
     with torch.no_grad():
@@ -233,6 +233,12 @@ def wide_row_major_speedup(seconds: float = 0.1) -> float:
     return t_col / t_row
 
 
+def wide_rows_row_major() -> bool:
+    """Whether ``column_major_`` leaves matrices with more inputs than outputs row-major
+    (measured; see the module docstring)."""
+    return wide_row_major_speedup() >= WIDE_ROW_MAJOR_MIN_SPEEDUP
+
+
 def single_row_by_mkl() -> bool:
     """Whether one-row fp32 decoding matmuls go to MKL (measured; see the module docstring)."""
     return onednn_available() and single_row_mkl_speedup() >= SINGLE_ROW_MKL_MIN_SPEEDUP
@@ -262,8 +268,9 @@ def decoding_kernels_(
         for parent in (block.attention, block.mlp):
             for name, child in list(parent.named_children()):
                 if type(child) in (nn.Linear, TrainingLinear):
-                    setattr(parent, name, PackedLinear(child))
-                if isinstance(child := getattr(parent, name), PackedLinear):
+                    child = PackedLinear(child)
+                    setattr(parent, name, child)
+                if isinstance(child, PackedLinear):
                     child.mkl_rows = mkl_rows
     if type(model.word_embeddings) is not PackedEmbedding:
         model.word_embeddings = PackedEmbedding(model.word_embeddings)

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         if device.type == "cpu":  # what the trainers do with train.keep_freed_memory=true
             from ..allocator import describe
 
-            info["training_memory"] = describe(kept=True)
+            info["training_memory"] = describe()
         print(json.dumps(info, indent=2))
         return 0
     if args.model is None:
