@@ -52,6 +52,11 @@ class Planned(NamedTuple):
     objective: int
     sample_index: int
 
+    @property
+    def length(self) -> int:
+        """Tokens of the laid-out sample: n + 2k (``build_blocks``)."""
+        return len(self.text) + 2 * len(self.plan.starts)
+
 
 def _excl(x: np.ndarray) -> np.ndarray:
     """Exclusive running sum: [0, x0, x0 + x1, ...] without the total."""

@@ -182,10 +182,7 @@ class PretrainLoader:
         items = self.corruptor.corrupt_plans(raws, rngs, **group)
         row = None
         if self.cfg.layout == "pack":
-            longest = max(
-                len(x.text) + 2 * len(x.plan.starts) if isinstance(x, Planned) else len(x)
-                for x in items
-            )
+            longest = max(x.length if isinstance(x, Planned) else len(x) for x in items)
             row = max(self.cfg.pack_len or self.cfg.seq_len + self.cfg.seq_len // 4, longest)
         return collate_plans(items, self.corruptor.layout, row_len=row)
 

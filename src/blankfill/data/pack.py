@@ -104,10 +104,7 @@ def collate_plans(
     """
     B = len(items)
     planned = [isinstance(x, Planned) for x in items]
-    n = [
-        len(x.text) + 2 * len(x.plan.starts) if p else len(x)  # type: ignore[union-attr]
-        for x, p in zip(items, planned, strict=True)
-    ]
+    n = [x.length if p else len(x) for x, p in zip(items, planned, strict=True)]  # type: ignore[union-attr]
     if row_len is None:
         rows, T = [[i] for i in range(B)], max(max(n), pad_to or 0)
     else:
