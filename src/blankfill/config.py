@@ -200,6 +200,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile every Transformer block
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     keep_freed_memory: bool = True  # CPU: malloc keeps freed memory for the next step (allocator)
+    cpu_linears: Literal["auto", "onednn", "mkl"] = "auto"  # fp32 CPU Linears; auto: measured
     init_from: str = ""  # model folder to start from (continued pretraining); "" = fresh init
     device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
     seed: int = 1234  # model initialisation and dropout

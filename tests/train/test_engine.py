@@ -259,3 +259,26 @@ def test_train_keep_freed_memory_reaches_the_engine(tmp_path, monkeypatch):
         cfg = run_config(tmp_path / folder, max_steps=1, **kw)
         train(cfg, GLM(cfg.model), SyntheticBatches(4))
     assert calls == [1]
+
+
+def test_resumed_run_keeps_the_checkpoints_cpu_linears(tmp_path, monkeypatch):
+    from blankfill import kernels
+    from blankfill.train import engine as engine_mod
+
+    if not kernels.onednn_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    monkeypatch.setattr(engine_mod, "training_by_onednn", lambda: True)  # measured: oneDNN
+    cfg = run_config(tmp_path, max_steps=2, save_every=2)
+    train(cfg, GLM(cfg.model), SyntheticBatches(4))
+    first = ck.list_checkpoints(tmp_path)[0]
+    assert ck.read_trainer_json(first)["cpu_linears"] == "onednn"
+    monkeypatch.setattr(engine_mod, "training_by_onednn", lambda: False)  # now: MKL
+    longer = run_config(tmp_path, max_steps=4, save_every=2)
+    train(longer, GLM(longer.model), SyntheticBatches(4), resume="auto")
+    last = ck.list_checkpoints(tmp_path)[0]
+    assert last != first and ck.read_trainer_json(last)["cpu_linears"] == "onednn"
+    fresh = run_config(tmp_path / "fresh", max_steps=2, save_every=2)
+    train(fresh, GLM(fresh.model), SyntheticBatches(4))  # a new run measures again
+    assert ck.read_trainer_json(ck.list_checkpoints(tmp_path / "fresh")[0])["cpu_linears"] == "mkl"
+    with pytest.raises(ValueError, match="cpu_linears"):
+        make_engine(GLM(tiny_config()), cpu_linears="fast")

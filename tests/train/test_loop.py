@@ -99,7 +99,8 @@ CHILD = textwrap.dedent(
         "model": to_dict(tiny_config(embedding_dropout_prob=0.1, output_dropout_prob=0.1)),
         "data": {"seq_len": 64},
         "optim": {"lr": 3e-3, "warmup": 0.1},
-        "train": {"out_dir": out, "max_steps": 12, "save_every": 3, "keep_last": 2},
+        "train": {"out_dir": out, "max_steps": 12, "save_every": 3, "keep_last": 2,
+                  "cpu_linears": "onednn"},
         "log": {"progress": False, "tensorboard": False},
     })
     class Killer(JsonlSink):

@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import allocator
 from ..config import OptimConfig
-from ..kernels import training_by_onednn, training_kernels_
+from ..kernels import onednn_available, training_by_onednn, training_kernels_
 from .distributed import DistInfo, all_reduce_sum, no_grad_sync, wrap_model
 from .optim import build_optimizer, set_lr
 
@@ -126,6 +126,11 @@ class Engine:
         clip_grad: max global gradient norm (0: no clipping; the norm is still reported).
         keep_freed_memory: on the CPU, let glibc's malloc keep freed memory for the next step
             (``blankfill.allocator``; process-wide): no page faults on each step's large tensors.
+        cpu_linears: fp32 CPU training: the blocks' Linears by ``"onednn"`` or ``"mkl"``
+            (PyTorch's own), or ``"auto"``: oneDNN where ``kernels.training_by_onednn``
+            measures it faster (a measurement, so two processes may choose differently: a run
+            that must repeat another bit for bit pins it; the pretraining loop pins a resumed
+            run to its checkpoint's choice).
     """
 
     def __init__(
@@ -142,7 +147,10 @@ class Engine:
         activation_checkpointing: bool = False,
         clip_grad: float = 1.0,
         keep_freed_memory: bool = True,
+        cpu_linears: str = "auto",
     ) -> None:
+        if cpu_linears not in ("auto", "onednn", "mkl"):
+            raise ValueError(f"cpu_linears must be auto, onednn or mkl, got {cpu_linears!r}")
         self.info, self.device, self.strategy = info, device, strategy
         self.precision = resolve_precision(precision, device, width=_width(blocks))
         self.clip_grad = clip_grad
@@ -156,7 +164,8 @@ class Engine:
             self.precision == "fp32"
             and device.type == "cpu"
             and not compile
-            and training_by_onednn()
+            and onednn_available()
+            and (training_by_onednn() if cpu_linears == "auto" else cpu_linears == "onednn")
         )
         for block in blocks:
             if self.onednn_linears:

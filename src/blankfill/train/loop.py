@@ -133,7 +133,8 @@ def setup(
     engine = Engine(TargetLogits(model), list(model.transformer.layers), cfg.optim, info=info,
                     device=device, strategy=cfg.dist.strategy, precision=tc.precision,
                     compile=tc.compile, activation_checkpointing=tc.activation_checkpointing,
-                    clip_grad=cfg.optim.clip_grad, keep_freed_memory=tc.keep_freed_memory)  # fmt: skip
+                    clip_grad=cfg.optim.clip_grad, keep_freed_memory=tc.keep_freed_memory,
+                    cpu_linears=_cpu_linears(tc.cpu_linears, loaded))  # fmt: skip
     start = loaded["meta"]["step"] if loaded is not None else 0
     run = Run(cfg=cfg, model=model, engine=engine, data=data, batches=iter(data), info=info,
               tokenizer=tokenizer, show_bar=show_bar, peak=peak_flops(device, cfg.log.peak_flops),
@@ -175,6 +176,14 @@ def _pretrain_loss(module: torch.nn.Module, item: tuple[Batch, torch.Tensor]):
 
 def _target_count(item: tuple[Batch, torch.Tensor]) -> torch.Tensor:
     return item[0].loss_mask.sum()
+
+
+def _cpu_linears(configured: str, loaded: dict[str, Any] | None) -> str:
+    """``train.cpu_linears``; "auto" on resume: the kernels the checkpoint was trained with
+    (measured once per process, a second measurement could choose the other and change bits)."""
+    if configured == "auto" and loaded is not None:
+        return loaded["meta"].get("cpu_linears", "auto")
+    return configured
 
 
 def train_step(run: Run) -> Pending:
@@ -255,7 +264,8 @@ def save(run: Run) -> Path | None:
     if hasattr(run.data, "state_dict"):
         rank_state["loader"] = run.data.state_dict()  # type: ignore[attr-defined]
     engine, tc, dc = run.engine, run.cfg.train, run.cfg.dist
-    meta = {"tokens_seen": run.tokens_seen, "schedule_steps": run.schedule_steps}
+    meta = {"tokens_seen": run.tokens_seen, "schedule_steps": run.schedule_steps,
+            "cpu_linears": "onednn" if engine.onednn_linears else "mkl"}  # fmt: skip
     sharded = dcp_io.use_sharded(dc.checkpoint, dc.strategy, run.info)
     states = dcp_io.save_states(engine.module, engine.optimizer, engine.sharded, sharded)
     meta.update({"format": dcp_io.FORMAT} if sharded else {})
