@@ -179,11 +179,9 @@ def _target_count(item: tuple[Batch, torch.Tensor]) -> torch.Tensor:
 
 
 def _cpu_linears(configured: str, loaded: dict[str, Any] | None) -> str:
-    """``train.cpu_linears``; "auto" on resume: the kernels the checkpoint was trained with
-    (measured once per process, a second measurement could choose the other and change bits)."""
-    if configured == "auto" and loaded is not None:
-        return loaded["meta"].get("cpu_linears", "auto")
-    return configured
+    """``train.cpu_linears``; "auto" on resume: the checkpoint's (a new measurement may differ)."""
+    auto = configured == "auto" and loaded is not None
+    return loaded["meta"].get("cpu_linears", "auto") if auto else configured  # type: ignore[index]
 
 
 def train_step(run: Run) -> Pending:
