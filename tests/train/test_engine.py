@@ -282,3 +282,25 @@ def test_resumed_run_keeps_the_checkpoints_cpu_linears(tmp_path, monkeypatch):
     assert ck.read_trainer_json(ck.list_checkpoints(tmp_path / "fresh")[0])["cpu_linears"] == "mkl"
     with pytest.raises(ValueError, match="cpu_linears"):
         make_engine(GLM(tiny_config()), cpu_linears="fast")
+
+
+def test_resumed_run_keeps_the_checkpoints_auto_precision(tmp_path, monkeypatch):
+    from blankfill import hardware
+
+    def choose(precision):
+        monkeypatch.setattr(hardware, "choose_precision",
+                            lambda *a, **k: hardware.PrecisionChoice(precision, "test"))  # fmt: skip
+
+    choose("bf16")  # measured at the start: bf16 autocast
+    cfg = run_config(tmp_path, max_steps=2, save_every=2, precision="auto")
+    train(cfg, GLM(cfg.model), SyntheticBatches(4))
+    first = ck.list_checkpoints(tmp_path)[0]
+    assert ck.read_trainer_json(first)["precision"] == "bf16"
+    choose("fp32")  # a new measurement would now say fp32
+    longer = run_config(tmp_path, max_steps=4, save_every=2, precision="auto")
+    train(longer, GLM(longer.model), SyntheticBatches(4), resume="auto")
+    last = ck.list_checkpoints(tmp_path)[0]
+    assert last != first and ck.read_trainer_json(last)["precision"] == "bf16"
+    explicit = run_config(tmp_path, max_steps=6, save_every=2, precision="fp32")
+    train(explicit, GLM(explicit.model), SyntheticBatches(4), resume="auto")  # set: it wins
+    assert ck.read_trainer_json(ck.list_checkpoints(tmp_path)[0])["precision"] == "fp32"

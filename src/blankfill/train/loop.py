@@ -43,7 +43,7 @@ from .metrics import MetricSink, NullSink, default_sinks, peak_flops, train_flop
 from .objective import N_OBJ, TargetLogits, evaluate, loss_sums, summarize, to_device
 from .optim import lr_at
 from .report import Pending, log_line, take
-from .resume import StopFlag, find_resume, init_from, rng_state, set_rng_state
+from .resume import StopFlag, find_resume, init_from, pinned_choice, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,11 @@ def setup(
             init_from(tc.init_from, model, tokenizer)
         torch.manual_seed(tc.seed + info.rank)  # dropout streams differ per rank
     engine = Engine(TargetLogits(model), list(model.transformer.layers), cfg.optim, info=info,
-                    device=device, strategy=cfg.dist.strategy, precision=tc.precision,
+                    device=device, strategy=cfg.dist.strategy,
+                    precision=pinned_choice(tc.precision, loaded, "precision", device),
                     compile=tc.compile, activation_checkpointing=tc.activation_checkpointing,
                     clip_grad=cfg.optim.clip_grad, keep_freed_memory=tc.keep_freed_memory,
-                    cpu_linears=_cpu_linears(tc.cpu_linears, loaded))  # fmt: skip
+                    cpu_linears=pinned_choice(tc.cpu_linears, loaded, "cpu_linears", device))  # fmt: skip
     start = loaded["meta"]["step"] if loaded is not None else 0
     run = Run(cfg=cfg, model=model, engine=engine, data=data, batches=iter(data), info=info,
               tokenizer=tokenizer, show_bar=show_bar, peak=peak_flops(device, cfg.log.peak_flops),
@@ -176,12 +177,6 @@ def _pretrain_loss(module: torch.nn.Module, item: tuple[Batch, torch.Tensor]):
 
 def _target_count(item: tuple[Batch, torch.Tensor]) -> torch.Tensor:
     return item[0].loss_mask.sum()
-
-
-def _cpu_linears(configured: str, loaded: dict[str, Any] | None) -> str:
-    """``train.cpu_linears``; "auto" on resume: the checkpoint's (a new measurement may differ)."""
-    auto = configured == "auto" and loaded is not None
-    return loaded["meta"].get("cpu_linears", "auto") if auto else configured  # type: ignore[index]
 
 
 def train_step(run: Run) -> Pending:
@@ -263,7 +258,8 @@ def save(run: Run) -> Path | None:
         rank_state["loader"] = run.data.state_dict()  # type: ignore[attr-defined]
     engine, tc, dc = run.engine, run.cfg.train, run.cfg.dist
     meta = {"tokens_seen": run.tokens_seen, "schedule_steps": run.schedule_steps,
-            "cpu_linears": "onednn" if engine.onednn_linears else "mkl"}  # fmt: skip
+            "cpu_linears": "onednn" if engine.onednn_linears else "mkl",
+            "precision": engine.precision, "device_type": run.device.type}  # fmt: skip
     sharded = dcp_io.use_sharded(dc.checkpoint, dc.strategy, run.info)
     states = dcp_io.save_states(engine.module, engine.optimizer, engine.sharded, sharded)
     meta.update({"format": dcp_io.FORMAT} if sharded else {})

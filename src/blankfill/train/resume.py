@@ -94,4 +94,14 @@ class StopFlag:
             signal.signal(sig, old)
 
 
-__all__ = ["StopFlag", "find_resume", "init_from", "rng_state", "set_rng_state"]
+def pinned_choice(
+    configured: str, loaded: dict[str, Any] | None, key: str, device: torch.device
+) -> str:
+    """``train.precision`` / ``train.cpu_linears``; "auto" on resume on the same kind of device:
+    the checkpoint's choice (a new measurement may differ, and the resumed steps with it)."""
+    meta = loaded["meta"] if loaded is not None else {}
+    same = configured == "auto" and meta.get("device_type", "cpu") == device.type
+    return str(meta.get(key, "auto")) if same else configured
+
+
+__all__ = ["StopFlag", "find_resume", "init_from", "pinned_choice", "rng_state", "set_rng_state"]
