@@ -15,10 +15,11 @@ Memory: the GLM rows run as the trainer does on the CPU, with glibc's malloc kee
 memory for the next step (``blankfill.allocator``); HF's rows run as its users run them, with
 malloc's usual limits, and again (``_kept``) with freed memory kept, for a like-for-like ratio.
 The setting is process-wide, so it is set before each implementation's turn, followed by one
-untimed step so the heap settles in the new mode. The fp32 and bf16 matmul peaks
-(``hardware.matmul_flops``, same threads) are measured between the repeats; ``share_of_peak``
-= model FLOP/s (6 x matmul parameters x tokens, the tied output layer only on the rows that get
-logits, plus 12 L T D attention FLOPs per token) over the peak.
+untimed step so the heap settles in the new mode. GLM bf16 runs only on CPUs with native bf16
+(AMX or AVX512-BF16; elsewhere it is emulated and many times slower than fp32). The fp32 and
+bf16 matmul peaks (``hardware.matmul_flops``, same threads) are measured between the repeats;
+``share_of_peak`` = model FLOP/s (6 x matmul parameters x tokens, the tied output layer only on
+the rows that get logits, plus 12 L T D attention FLOPs per token) over the peak.
 """
 
 from __future__ import annotations
@@ -122,9 +123,13 @@ def main() -> None:
     batch = glm_batch(args.batch)
     B, T = batch.input_ids.shape
     gpt2, bert = make_hf("gpt2", B, T), make_hf("bert", B, T)
+    native_bf16 = bool(hardware.native_bf16_flags())  # elsewhere bf16 is emulated, many x slower
+    if not native_bf16:
+        emit({"what": "skipped", "impl": "glm_bf16",
+              "why": f"CPU {hardware.cpu_model()!r} has no native bf16"})  # fmt: skip
     impls = {  # name: (step, tokens, FLOPs)
         "glm_fp32": make_glm(batch, "fp32"),
-        "glm_bf16": make_glm(batch, "bf16"),
+        **({"glm_bf16": make_glm(batch, "bf16")} if native_bf16 else {}),
         "hf_gpt2_fp32": gpt2,
         "hf_bert_fp32": bert,
         "hf_gpt2_fp32_kept": gpt2,
