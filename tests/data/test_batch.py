@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import fields
 
 import pytest
@@ -61,5 +63,29 @@ def test_worker_batches_come_in_order_and_a_worker_error_is_raised():
     it = prefetched(_tiny_batch, 0, workers=2, prefetch=2)
     assert [int(next(it).input_ids[0, 0]) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(RuntimeError, match="no batch 3"):
+        next(it)
+    it.close()
+
+
+def _growing_batch(step: int) -> Batch:
+    if step == 4:
+        os._exit(3)  # the worker process dies without a word
+    batch = _tiny_batch(0)
+    width = 5 if step < 2 else 50  # from step 2 on, larger than a slot: through the pipe
+    ids = torch.full((2, width), step)
+    return dataclasses.replace(batch, input_ids=ids, labels=ids, loss_mask=torch.ones(2, width),
+                               objective=ids, position_ids=torch.zeros(2, 2, width,
+                                                                       dtype=torch.long))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_batch_larger_than_a_slot_still_arrives_and_a_dead_worker_is_named():
+    from blankfill.data.workers import prefetched
+
+    it = prefetched(_growing_batch, 0, workers=1, prefetch=2)
+    got = [next(it) for _ in range(4)]
+    assert [int(b.input_ids[0, 0]) for b in got] == [0, 1, 2, 3]
+    assert [b.input_ids.shape[1] for b in got] == [5, 5, 50, 50]
+    with pytest.raises(RuntimeError, match="data worker 0 exited"):
         next(it)
     it.close()

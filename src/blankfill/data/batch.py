@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -96,7 +97,7 @@ class Batch:
                 out[name] = None
                 continue
             dt = getattr(torch, dtype)
-            n = int(np.prod(shape)) * torch.empty(0, dtype=dt).element_size()
+            n = math.prod(shape) * dt.itemsize
             out[name] = buf[offset : offset + n].view(dt).view(shape)
         return Batch(**out)
 
