@@ -17,6 +17,7 @@ from blankfill.kernels import (
     decoding_kernels_,
     is_column_major,
     onednn_available,
+    onednn_bf16,
     onednn_training_speedup,
     single_row_mkl_speedup,
     training_kernels_,
@@ -41,7 +42,22 @@ def test_packed_linear_equals_linear(rows):
         xb = x.bfloat16()
         lin.to(torch.bfloat16)  # the packed copy follows the weight's dtype
         torch.testing.assert_close(packed(xb), lin(xb), rtol=2e-2, atol=2e-2)
-        assert packed._packed.weight.dtype == torch.bfloat16
+        # without oneDNN bf16 (a Zen 3): F.linear, and the fp32 copy stays as it was
+        want = torch.bfloat16 if onednn_bf16() else torch.float32
+        assert packed._packed.weight.dtype == want
+
+
+def test_bf16_without_onednn_bf16_runs_as_linear(monkeypatch):
+    from blankfill import kernels
+
+    monkeypatch.setattr(kernels, "onednn_bf16", lambda: False)  # as on a CPU without AVX-512
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 80).to(torch.bfloat16)
+    packed = PackedLinear(lin)
+    x = torch.randn(3, 48).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(packed(x), lin(x))  # the very same kernel: F.linear
+    assert packed._packed.weight is None  # nothing packed
 
 
 def test_packed_linear_follows_in_place_updates_and_trains_as_linear():
@@ -104,9 +120,10 @@ def test_single_rows_by_mkl_on_column_major_weights(single_row_mkl, wide_row_maj
         torch.testing.assert_close(fast(ids, context_len=3), model(ids, context_len=3),
                                    rtol=1e-5, atol=1e-5)  # fmt: skip
         assert lin._packed.weight is not None  # more rows: oneDNN
-        bf16 = copy.deepcopy(fast).to(torch.bfloat16)  # bf16 rows always go to oneDNN
+        bf16 = copy.deepcopy(fast).to(torch.bfloat16)  # bf16 rows go to oneDNN where it can
         bf16(ids[:1, :1])
-        assert bf16.transformer.layers[0].mlp.dense_h_to_4h._packed.weight.dtype == torch.bfloat16
+        packed = bf16.transformer.layers[0].mlp.dense_h_to_4h._packed.weight
+        assert (packed is not None and packed.dtype == torch.bfloat16) is onednn_bf16()
 
 
 def test_single_row_choice_is_measured():

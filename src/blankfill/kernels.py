@@ -11,7 +11,8 @@ many-row matmuls ~2x faster as well (``benchmarks/generate.py``, README "Speed")
 tied word embedding for a :class:`PackedEmbedding` (the output layer). Both are subclasses that
 keep the very same parameters, so ``state_dict``, ``parameters()`` and training are unchanged;
 only their forward differs, and only where it is safe: on CPU, with gradients off, in fp32 or
-bf16. The packed copy is made on first use and remade whenever the weight changes (another dtype
+bf16 (bf16 only where oneDNN has a bf16 path on the CPU, :func:`onednn_bf16`). The packed copy
+is made on first use and remade whenever the weight changes (another dtype
 or device, an in-place update), so ``model.to(torch.bfloat16)`` afterwards packs bf16 weights.
 The arithmetic is fp32 (or bf16) as before; only the order of the additions differs, so logits
 move by rounding (~1e-6 relative), as between any two BLAS libraries.
@@ -75,6 +76,13 @@ class _Packed:
         return self.weight
 
 
+@functools.cache
+def onednn_bf16() -> bool:
+    """Whether oneDNN has a bf16 path on this CPU (AVX512BW/VL/DQ or AVX-NE-CONVERT): without
+    one (e.g. a Zen 3) it refuses to pack bf16 weights, and bf16 goes to ``F.linear``."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _usable(x: torch.Tensor, w: torch.Tensor) -> bool:
     return (
         not torch.is_grad_enabled()
@@ -82,6 +90,7 @@ def _usable(x: torch.Tensor, w: torch.Tensor) -> bool:
         and w.device.type == "cpu"
         and w.dtype in PACKABLE
         and x.dtype == w.dtype
+        and (w.dtype == torch.float32 or onednn_bf16())
     )
 
 
