@@ -31,6 +31,14 @@ def machine() -> dict:
     return info
 
 
+def emulated_bf16() -> str | None:
+    """Why bf16 runs are skipped here (the CPU has no native bf16, so bf16 is emulated and many
+    times slower than fp32), or None where it has native bf16."""
+    if hardware.native_bf16_flags():
+        return None
+    return f"CPU {hardware.cpu_model()!r} has no native bf16"
+
+
 def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 

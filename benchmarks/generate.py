@@ -11,7 +11,8 @@ pairs of wall-clock time and of process CPU time (the latter ignores time lost t
 
 Each decoding precision (``blankfill.quantize``) is its own peer; the fp32 one is the headline
 figure; bf16 and int8 run by default only where the CPU has native bf16 (on a Zen 3 without
-it, 2026-12-02, they decoded 13-30x slower than fp32). ``fills_equal_fp32`` counts the greedy fills identical to the fp32 model's.
+it, 2026-12-02, they decoded 12-36x slower than fp32). ``fills_equal_fp32`` counts the greedy
+fills identical to the fp32 model's.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import statistics
 import time
 
 import torch
-from common import machine
+from common import emulated_bf16, machine
 
-from blankfill import hardware
 from blankfill.generate import InfillIds, decoding_layout_, generate
 from blankfill.model import GLM
 from blankfill.presets import preset
@@ -100,12 +100,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(json.dumps({"what": "machine", **machine()}), flush=True)
-    if args.precisions is None:  # emulated bf16 (int8 computes in bf16) is ~10x slower than fp32
-        native = bool(hardware.native_bf16_flags())
-        args.precisions = ["fp32", "bf16", "int8"] if native else ["fp32"]
-        if not native:
-            print(json.dumps({"what": "skipped", "precisions": ["bf16", "int8"],
-                              "why": f"CPU {hardware.cpu_model()!r} has no native bf16"}))  # fmt: skip
+    if args.precisions is None:  # int8 computes in bf16: both emulated where bf16 is
+        why = emulated_bf16()
+        args.precisions = ["fp32"] if why else ["fp32", "bf16", "int8"]
+        if why:
+            print(json.dumps({"what": "skipped", "precisions": ["bf16", "int8"], "why": why}))
     fp32, theirs = build(0)
     ours = {p: decoding_precision_(copy.deepcopy(fp32), p) for p in args.precisions}
     g = torch.Generator().manual_seed(0)

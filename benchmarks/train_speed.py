@@ -31,7 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import emit, machine, token_store
+from common import emit, emulated_bf16, machine, token_store
 
 from blankfill import allocator, hardware
 from blankfill.config import CorruptConfig, DataConfig
@@ -123,13 +123,11 @@ def main() -> None:
     batch = glm_batch(args.batch)
     B, T = batch.input_ids.shape
     gpt2, bert = make_hf("gpt2", B, T), make_hf("bert", B, T)
-    native_bf16 = bool(hardware.native_bf16_flags())  # elsewhere bf16 is emulated, many x slower
-    if not native_bf16:
-        emit({"what": "skipped", "impl": "glm_bf16",
-              "why": f"CPU {hardware.cpu_model()!r} has no native bf16"})  # fmt: skip
+    if why := emulated_bf16():
+        emit({"what": "skipped", "impl": "glm_bf16", "why": why})
     impls = {  # name: (step, tokens, FLOPs)
         "glm_fp32": make_glm(batch, "fp32"),
-        **({"glm_bf16": make_glm(batch, "bf16")} if native_bf16 else {}),
+        **({} if why else {"glm_bf16": make_glm(batch, "bf16")}),
         "hf_gpt2_fp32": gpt2,
         "hf_bert_fp32": bert,
         "hf_gpt2_fp32_kept": gpt2,
