@@ -12,8 +12,8 @@ tied word embedding for a :class:`PackedEmbedding` (the output layer). Both are 
 keep the very same parameters, so ``state_dict``, ``parameters()`` and training are unchanged;
 only their forward differs, and only where it is safe: on CPU, with gradients off, in fp32 or
 bf16 (bf16 only where oneDNN has a bf16 path on the CPU, :func:`onednn_bf16`). The packed copy
-is made on first use and remade whenever the weight changes (another dtype
-or device, an in-place update), so ``model.to(torch.bfloat16)`` afterwards packs bf16 weights.
+is made on first use and remade whenever the weight changes (another dtype or device, an
+in-place update), so ``model.to(torch.bfloat16)`` afterwards packs bf16 weights.
 The arithmetic is fp32 (or bf16) as before; only the order of the additions differs, so logits
 move by rounding (~1e-6 relative), as between any two BLAS libraries.
 
@@ -46,7 +46,6 @@ from .model import GLM, WordEmbedding
 # The row count the blocked layout is tuned for; measured no slower than 1 for single rows, and
 # faster for 2-16 rows (batched decoding) and the prompt's hundreds (spec: README "Speed").
 PACK_ROWS_HINT = 8
-PACKABLE = (torch.float32, torch.bfloat16)
 # MKL must run a one-row fp32 matmul this much faster than oneDNN to be used for single rows.
 SINGLE_ROW_MKL_MIN_SPEEDUP = 1.1
 # ... and a matrix with more inputs than outputs is kept row-major for it where that measures
@@ -88,9 +87,8 @@ def _usable(x: torch.Tensor, w: torch.Tensor) -> bool:
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and w.device.type == "cpu"
-        and w.dtype in PACKABLE
         and x.dtype == w.dtype
-        and (w.dtype == torch.float32 or onednn_bf16())
+        and (w.dtype == torch.float32 or (w.dtype == torch.bfloat16 and onednn_bf16()))
     )
 
 
