@@ -9,7 +9,7 @@ from scipy.stats import chisquare
 
 from blankfill.config import CorruptConfig, DataConfig
 from blankfill.data.corrupt import Example, build_blocks, span_length_pmf
-from blankfill.data.loader import PretrainLoader, split_documents
+from blankfill.data.loader import AHEAD, PretrainLoader, split_documents
 from blankfill.data.objectives import DOCUMENT, SENTENCE, TOKEN, Corruptor, RawSample
 from blankfill.data.pack import collate_pack, collate_pad, pack_rows, packing_efficiency
 from blankfill.model import GLM, build_attention_mask, build_segment_mask
@@ -161,6 +161,22 @@ def test_same_global_stream_for_1_2_4_ranks(store_dir, mix_per):
         assert sorted(rows) == list(range(16))
         streams.append(rows)
     assert streams[0] == streams[1] == streams[2]
+
+
+@pytest.mark.parametrize("layout", ["pad", "pack"])
+@pytest.mark.parametrize("stride", [1, 3])
+def test_batches_planned_ahead_equal_batches_made_alone(store_dir, layout, stride):
+    seq = _loader(store_dir, rank=1, world=2, batch=4, layout=layout)
+    first = seq.samples_per_epoch // 8 - 4  # the run crosses into the next epoch
+    steps = [first + k * stride for k in range(2 * AHEAD + 3)]
+    for i, step in enumerate(steps):
+        got = seq.batch(step)
+        if i == 1:  # the second call of a regular stride planned the next steps
+            assert sorted(seq._planned) == [step + k * stride for k in range(1, AHEAD)]
+        alone = _loader(store_dir, rank=1, world=2, batch=4, layout=layout).batch(step)
+        for name, value in vars(alone).items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(getattr(got, name), value), (step, name)
 
 
 def test_resume_is_bit_identical_across_epochs(store_dir):

@@ -36,6 +36,8 @@ from .workers import prefetched
 SPLIT_SEED = 20220317
 #: Batches each worker process keeps ready ahead of the trainer.
 PREFETCH = 4
+#: Steps sampled and planned together by ``PretrainLoader.batch`` once it sees a regular stride.
+AHEAD = 8
 
 
 def split_documents(num_documents: int, valid_fraction: float, split: str) -> np.ndarray:
@@ -111,6 +113,8 @@ class PretrainLoader:
         self._windows: tuple[int, np.ndarray, float] | None = None
         self._rngs = SampleGenerators(data_cfg.seed)  # default_rng([seed, epoch, i]), faster
         self._step = 0
+        self._planned: dict[int, list[Example | Planned]] = {}  # steps planned ahead (AHEAD)
+        self._last: int | None = None  # the step of the last ``batch`` call
 
     # -- the pure stream ------------------------------------------------------------------------
     def _epoch_windows(self, epoch: int) -> tuple[np.ndarray, float]:
@@ -176,15 +180,46 @@ class PretrainLoader:
 
     def batch(self, step: int) -> Batch:
         """This rank's batch at ``step`` (a pure function of the step): ``collate_pad`` or
-        ``collate_pack`` of ``examples``, with the span samples laid straight into the rows."""
-        B = self.cfg.batch_size
-        raws, rngs, group = self._raws((step * self.world_size + self.rank) * B, B)
-        items = self.corruptor.corrupt_plans(raws, rngs, **group)
+        ``collate_pack`` of ``examples``, with the span samples laid straight into the rows.
+
+        Once two calls show a regular stride (a loop, or a worker taking every n-th step) and the
+        objective is drawn per sample, the next ``AHEAD`` steps at that stride are sampled and
+        planned together, so numpy's per-call cost is paid once for all of them; each sample
+        still makes only its own generator's draws, so every batch is the one made alone."""
+        items = self._planned.pop(step, None)
+        if items is None:
+            stride = step - self._last if self._last is not None else 0
+            steps = [step]
+            if stride > 0 and self.corrupt_cfg.mix_per == "sample":
+                steps = [step + k * stride for k in range(AHEAD)]
+            self._planned = dict(zip(steps, self._plan_steps(steps), strict=True))
+            items = self._planned.pop(step)
+        self._last = step
         row = None
         if self.cfg.layout == "pack":
             longest = max(x.length if isinstance(x, Planned) else len(x) for x in items)
             row = max(self.cfg.pack_len or self.cfg.seq_len + self.cfg.seq_len // 4, longest)
         return collate_plans(items, self.corruptor.layout, row_len=row)
+
+    def _plan_steps(self, steps: list[int]) -> list[list[Example | Planned]]:
+        """The corrupted (span samples still ``Planned``) samples of this rank's ``steps``."""
+        B = self.cfg.batch_size
+        firsts = [(s * self.world_size + self.rank) * B for s in steps]
+        if len(steps) == 1 or self.corrupt_cfg.mix_per == "batch":
+            out = []
+            for first in firsts:
+                raws, rngs, group = self._raws(first, B)
+                out.append(self.corruptor.corrupt_plans(raws, rngs, **group))
+            return out
+        ids = [g for first in firsts for g in range(first, first + B)]
+        rngs = self._rngs([divmod(g, self.samples_per_epoch) for g in ids])  # one call: one pool
+        anchors = [a for first in firsts for a in self._anchors(first, B)]
+        raws = raw_samples(
+            self.view, anchors, rngs, seq_len=self.cfg.seq_len, special=self.special,
+            sample_across_doc=self.cfg.sample_across_doc, indices=ids,
+        )  # fmt: skip
+        items = self.corruptor.corrupt_plans(raws, rngs)
+        return [items[k * B : (k + 1) * B] for k in range(len(steps))]
 
     # -- iteration and state --------------------------------------------------------------------
     @property
