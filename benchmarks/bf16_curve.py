@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from common import REPO, emit, machine, token_store
 
 from blankfill.config import CorruptConfig, DataConfig
@@ -29,6 +28,7 @@ from blankfill.data.loader import PretrainLoader
 from blankfill.data.store import TokenStore
 from blankfill.model import GLM
 from blankfill.presets import preset
+from blankfill.train.objective import target_cross_entropy
 
 
 def make(precision: str, dropout_seed: int):
@@ -50,7 +50,7 @@ def make(precision: str, dropout_seed: int):
         with cast():
             h = model.hidden(batch.input_ids, batch.position_ids, batch.context_len)
             logits = model.logits(h[target])
-        loss = F.cross_entropy(logits.float(), batch.labels[target])
+        loss = target_cross_entropy(logits, batch.labels[target]).mean()  # the trainer's loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
