@@ -156,20 +156,26 @@ class PretrainLoader:
 
     def examples(self, first: int, count: int) -> list[Example]:
         """Global samples ``first .. first+count-1``, corrupted (one objective group)."""
-        raws, rngs, group = self._raws(first, count)
+        raws, rngs, group = self._raws([first], count)
         return self.corruptor.corrupt_batch(raws, rngs, **group)
 
-    def _raws(self, first: int, count: int) -> tuple[list[Any], list[np.random.Generator], dict]:
-        """The raw samples ``first .. first+count-1``, their generators and the group's draws."""
-        ids = range(first, first + count)
+    def _raws(
+        self, firsts: list[int], count: int
+    ) -> tuple[list[Any], list[np.random.Generator], dict]:
+        """The raw samples ``first .. first+count-1`` of each of ``firsts``, end to end, their
+        generators (one ``SampleGenerators`` call: valid until the next) and the group's draws
+        (``mix_per = "batch"``: one group, so one first)."""
+        ids = [g for first in firsts for g in range(first, first + count)]
         rngs = self._rngs([divmod(g, self.samples_per_epoch) for g in ids])  # as ``raw``'s
         raws = raw_samples(
-            self.view, self._anchors(first, count), rngs, seq_len=self.cfg.seq_len,
-            special=self.special, sample_across_doc=self.cfg.sample_across_doc, indices=list(ids),
+            self.view, [a for first in firsts for a in self._anchors(first, count)], rngs,
+            seq_len=self.cfg.seq_len, special=self.special,
+            sample_across_doc=self.cfg.sample_across_doc, indices=ids,
         )  # fmt: skip
         group: dict[str, int | None] = {"objective": None, "generation_len": None}
         if self.corrupt_cfg.mix_per == "batch":
-            epoch, i = divmod(first, self.samples_per_epoch)
+            assert len(firsts) == 1, "an objective drawn per batch is one group's"
+            epoch, i = divmod(firsts[0], self.samples_per_epoch)
             grng = np.random.default_rng([self.cfg.seed, epoch, i, 1])
             group["objective"] = choose_objective(grng.random(), self.corrupt_cfg)
             lengths = [len(s) for s in raws]
@@ -202,24 +208,17 @@ class PretrainLoader:
         return collate_plans(items, self.corruptor.layout, row_len=row)
 
     def _plan_steps(self, steps: list[int]) -> list[list[Example | Planned]]:
-        """The corrupted (span samples still ``Planned``) samples of this rank's ``steps``."""
+        """The corrupted (span samples still ``Planned``) samples of this rank's ``steps``: all
+        in one pass, or step by step where each batch draws its own objective."""
         B = self.cfg.batch_size
         firsts = [(s * self.world_size + self.rank) * B for s in steps]
-        if len(steps) == 1 or self.corrupt_cfg.mix_per == "batch":
-            out = []
-            for first in firsts:
-                raws, rngs, group = self._raws(first, B)
-                out.append(self.corruptor.corrupt_plans(raws, rngs, **group))
-            return out
-        ids = [g for first in firsts for g in range(first, first + B)]
-        rngs = self._rngs([divmod(g, self.samples_per_epoch) for g in ids])  # one call: one pool
-        anchors = [a for first in firsts for a in self._anchors(first, B)]
-        raws = raw_samples(
-            self.view, anchors, rngs, seq_len=self.cfg.seq_len, special=self.special,
-            sample_across_doc=self.cfg.sample_across_doc, indices=ids,
-        )  # fmt: skip
-        items = self.corruptor.corrupt_plans(raws, rngs)
-        return [items[k * B : (k + 1) * B] for k in range(len(steps))]
+        passes = [firsts] if self.corrupt_cfg.mix_per == "sample" else [[f] for f in firsts]
+        out = []
+        for group_firsts in passes:
+            raws, rngs, group = self._raws(group_firsts, B)
+            items = self.corruptor.corrupt_plans(raws, rngs, **group)
+            out += [items[k * B : (k + 1) * B] for k in range(len(group_firsts))]
+        return out
 
     # -- iteration and state --------------------------------------------------------------------
     @property

@@ -61,7 +61,8 @@ class TargetLogits(nn.Module):
 
 
 class _RowCrossEntropy(torch.autograd.Function):
-    """Per-row cross-entropy in fp32 (fp64 for fp64) of logits of any float dtype, a few rows at a time."""
+    """Per-row cross-entropy in fp32 (fp64 for fp64) of logits of any float dtype, a few rows
+    at a time."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
