@@ -289,20 +289,57 @@ def test_cpu_dropout_zeroes_p_and_rescales():
     assert torch.equal(drop.eval()(x), x)
 
 
+def _dropout_masks(kind: str, T: int) -> torch.Tensor:
+    """Masks for 3 samples that attention_with_dropout must treat exactly as the math does."""
+    from blankfill.model import build_segment_mask
+
+    if kind == "glm":  # Part A of 4 (split at 4), fully causal (split at 1), all Part A (none)
+        return build_attention_mask(torch.tensor([4, 0, 9]), T, T)
+    if kind == "broadcast":  # one [1, 1, T, T] mask for every sample
+        return build_attention_mask(3, T, T)
+    if kind == "packed":  # two samples in each row, the first with Part A of 2 or 3
+        seg = torch.tensor([[0] * 5 + [1] * 4, [0] * 3 + [1] * 6, [0] * 9])
+        end = torch.tensor([[3] * 5 + [7] * 4, [2] * 3 + [5] * 6, [6] * 9])
+        return build_segment_mask(seg, end)
+    mask = build_attention_mask(torch.tensor([4, 5, 3]), T, T).clone()
+    mask[0, :, 0] = False  # a sample whose row 0 is empty: nothing skipped
+    mask[1:, :, 2] = False  # an empty row inside Part A: it sees every key (uniform), ends it
+    return mask
+
+
+def test_attention_extent_bounds_the_rows_that_see_only_part_a():
+    from blankfill.model import attention_extent, build_segment_mask
+
+    T = 9
+    for sep in range(T + 1):  # Part A of sep: rows [0, sep) see keys [0, sep); sep 0 is causal
+        expected = (0, T) if sep == T else (max(sep, 1), max(sep, 1))
+        assert attention_extent(build_attention_mask(torch.tensor([sep]), T, T)) == expected
+    # Several samples: keys up to the longest Part A, rows until one sees a key beyond it.
+    assert attention_extent(build_attention_mask(torch.tensor([4, 6, 5]), T, T)) == (6, 6)
+    assert attention_extent(build_attention_mask(torch.tensor([2, 0]), T, T)) == (2, 2)
+    seg, end = torch.tensor([[0] * 5 + [1] * 4]), torch.tensor([[3] * 5 + [7] * 4])
+    assert attention_extent(build_segment_mask(seg, end)) == (3, 3)
+    assert attention_extent(_dropout_masks("empty rows", T)[:1]) == (0, T)
+    assert attention_extent(_dropout_masks("empty rows", T)[1:]) == (2, 5)
+
+
+@pytest.mark.parametrize("kind", ["glm", "broadcast", "packed", "empty rows"])
 @pytest.mark.parametrize("chunk", [1, 2 * 9 * 9 * 2, 2**21])  # per sample, 2 samples, all
-def test_attention_with_dropout_equals_the_reference_math(chunk):
+def test_attention_with_dropout_equals_the_reference_math(chunk, kind):
     import math
 
     from blankfill.model import attention_with_dropout, keep_mask
 
     B, H, T, Dh, p = 3, 2, 9, 8, 0.3
     q, k, v = (torch.randn(B, H, T, Dh, requires_grad=True) for _ in range(3))
-    mask = build_attention_mask(torch.tensor([4, 0, 9]), T, T)
+    mask = _dropout_masks(kind, T)
     torch.manual_seed(5)
     out = attention_with_dropout(q, k, v, mask, p, chunk=chunk)
     torch.manual_seed(5)
     keep = keep_mask((B, H, T, T), p)
-    scores = (q @ k.transpose(-1, -2) / math.sqrt(Dh)).masked_fill(~mask, -65504.0)
+    # -65504 added where masked: as replacing (spec §1.3) except on a row with no key at all,
+    # which then attends to every key by its score (as the SDPA path lets it) instead of evenly.
+    scores = q @ k.transpose(-1, -2) / math.sqrt(Dh) + (~mask) * -65504.0
     ref = (torch.softmax(scores, -1) * keep / (1 - p)) @ v
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))

@@ -180,6 +180,19 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def attention_extent(mask: torch.Tensor) -> tuple[int, int]:
+    """(R, K) of a mask [c, 1, T, S]: rows [0, R) of every sample see only keys [0, K) (Part A,
+    which does not see Part B; a fully masked row ends them), or (0, S) where none is skipped."""
+    T, S = mask.shape[-2:]
+    first = mask[:, 0, 0]  # [c, S]
+    if not bool(first.any(-1).all()):
+        return 0, S
+    K = S - int(first.flip(-1).int().argmax(-1).min())  # after every sample's last key of row 0
+    full = (mask[:, 0, :, K:].any(-1) | ~mask[:, 0].any(-1)).any(0)  # [T] rows needing all keys
+    R = int(full.int().argmax()) if bool(full.any()) else T
+    return (R, K) if K < S else (0, S)
+
+
 def attention_with_dropout(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -193,16 +206,15 @@ def attention_with_dropout(
 
     A few samples at a time (``ATTENTION_CHUNK`` scores), so each block of scores stays in cache
     through the softmax, the dropout and the product with V (and back). Masked scores get -65504
-    added (spec §1.3); the 1 / (1 - p) scale is applied to the [B, H, T, Dh] output.
+    added (spec §1.3); the 1 / (1 - p) scale is applied to the [B, H, T, Dh] output. In fp32 the
+    rows that see only Part A skip Part B's keys (``attention_extent``: attention 1.09x, step 1.02x
+    on an Intel Xeon with AMX; in bf16 the split measured no faster there).
 
     Args:
         q: [B, H, T, Dh]; k, v: [B, H, S, Dh].
         mask: bool [B or 1, 1, T, S], True where a query may attend.
         p: dropout probability.
         chunk: scores computed at once (whole samples, at least one).
-
-    Returns:
-        [B, H, T, Dh].
     """
     B, H, T, Dh = q.shape
     S = k.shape[2]
@@ -210,17 +222,20 @@ def attention_with_dropout(
     bias = bias.expand(B, -1, -1, -1)  # [B, 1, T, S]
     keep = keep_mask((B, H, T, S), p, q.dtype)  # 0/1 in the compute dtype
     q = q * (1.0 / math.sqrt(Dh))
-    # Samples per chunk: one glm-small sample (8 x 566 x 566 scores) is ~2.6 M entries; small
-    # models take many samples at once, so the Python loop does not dominate their step.
+    # Samples per chunk: a glm-small one is 8 x 566 x 566 = 2.6 M scores; small models take many.
     c = max(1, chunk // (H * T * S))
     # split, not q[i:j]: its backward concatenates the chunks' gradients once instead of
     # zero-filling a full [B, H, T, Dh] copy per chunk.
-    chunks = [t.split(c) for t in (q, k, v, bias, keep)]
+    chunks = [t.split(c) for t in (q, k, v, bias, keep, mask.expand(B, -1, -1, -1))]
     outs = []
-    for qc, kc, vc, bc, keep_c in zip(*chunks, strict=True):
-        scores = qc @ kc.transpose(-1, -2) + bc  # [c, H, T, S]
-        probs = torch.softmax(scores, dim=-1) * keep_c  # [c, H, T, S]
-        outs.append(probs @ vc)  # [c, H, T, Dh]
+    for qc, kc, vc, bc, keep_c, mc in zip(*chunks, strict=True):
+        R, K = attention_extent(mc) if q.dtype == torch.float32 else (0, S)
+        parts, rows = [], (t.split([R, T - R], 2) for t in (qc, bc, keep_c))
+        for qp, bp, kp, n in zip(*rows, (K, S), strict=True):
+            if qp.shape[2]:
+                scores = qp @ kc[:, :, :n].transpose(-1, -2) + bp[..., :n]  # [c, H, rows, n]
+                parts.append((torch.softmax(scores, dim=-1) * kp[..., :n]) @ vc[:, :, :n])
+        outs.append(torch.cat(parts, 2) if len(parts) > 1 else parts[0])  # [c, H, T, Dh]
     return torch.cat(outs) * (1.0 / (1.0 - p))  # [B, H, T, Dh]
 
 
@@ -413,9 +428,8 @@ class Transformer(nn.Module):
 class GLM(nn.Module):
     """GLM: word + position + block-position embeddings, pre-LN blocks, tied output layer.
 
-    Call ``model(input_ids, position_ids=None, context_len=None, attention_mask=None,
-    kv_cache=None, *, segment_ids=None, context_end=None)`` for logits [B, T, V]. ``model.hidden(...)`` gives the final-LayerNorm states
-    [B, T, D] (a classifier head, or logits on selected rows only via ``model.logits``).
+    ``model(input_ids, ...)`` gives logits [B, T, V] (``forward``); ``model.hidden(...)`` the
+    final-LayerNorm states [B, T, D] (a classifier head, or logits of some rows: ``logits``).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -483,9 +497,8 @@ class GLM(nn.Module):
         S = offset + T
         pos, block = self._positions(input_ids, position_ids, offset)
         rows = self.config.position_rows
-        # A clear error instead of an index error deep in the embedding. The check reads the ids
-        # back from the device, so it is skipped under torch.compile and for one-token decoding
-        # steps on accelerators (generate validates lengths before it decodes).
+        # A clear error, not an index error in the embedding. It reads the ids back, so it is
+        # skipped under torch.compile and for accelerators' one-token steps (generate checks).
         check = T > 1 or (T == 1 and input_ids.device.type == "cpu")
         if check and not torch.compiler.is_compiling():
             low, high = int(pos.min()), int(pos.max())
@@ -503,11 +516,8 @@ class GLM(nn.Module):
         p = self.config.attention_dropout_prob if self.training else 0.0
         flex = use_flex(self.config.attention, x.device, p, kv_cache is not None)
         if attention_mask is not None:
-            if (
-                attention_mask.dim() != 4
-                or attention_mask.shape[-2] != T
-                or attention_mask.shape[-1] < S
-            ):
+            shape = attention_mask.shape
+            if len(shape) != 4 or shape[-2] != T or shape[-1] < S:
                 raise ValueError(
                     f"attention_mask must be [B, 1, T, S] with T={T} and S>={S}, "
                     f"got {tuple(attention_mask.shape)}"
@@ -555,7 +565,8 @@ class GLM(nn.Module):
         segment_ids: torch.Tensor | None = None,
         context_end: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [B, T, V].
+        """Logits [B, T, V]; attention is fully causal with neither ``context_len``,
+        ``segment_ids`` nor ``attention_mask``.
 
         Args:
             input_ids: LongTensor [B, T].
@@ -572,9 +583,6 @@ class GLM(nn.Module):
                 the mask is ``build_segment_mask``'s. Takes precedence over ``context_len``;
                 ``attention_mask`` over it. No ``kv_cache``.
             context_end: int [B, T], with ``segment_ids``.
-
-        With neither ``context_len``, ``segment_ids`` nor ``attention_mask`` attention is fully
-        causal.
         """
         h = self.hidden(
             input_ids, position_ids, context_len, attention_mask, kv_cache,
