@@ -12,7 +12,10 @@ pairs of wall-clock time and of process CPU time (the latter ignores time lost t
 Each decoding precision (``blankfill.quantize``) is its own peer; the fp32 one is the headline
 figure; bf16 and int8 run by default only where the CPU has native bf16 (on a Zen 3 without
 it, 2026-12-02, they decoded 12-36x slower than fp32). ``fills_equal_fp32`` counts the greedy
-fills identical to the fp32 model's.
+fills identical to the fp32 model's. ``matmul_floor`` times one step's matmuls alone (fp32, the
+same rows through every weight matrix once; no attention, no prompt, no sampling): a step streams
+every weight from memory, so its tokens/s over HF's is about the most any fp32 decoder could reach
+over HF here; ``share_of_fp32_matmul_floor`` is how close each precision comes to it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from common import emulated_bf16, machine
 
 from blankfill.generate import InfillIds, decoding_layout_, generate
@@ -59,6 +63,30 @@ def build(seed: int) -> tuple[GLM, torch.nn.Module]:
     )
     theirs = GPT2LMHeadModel(hf_cfg).eval()
     return ours, theirs
+
+
+def matmul_floor(model: GLM, rows: int, repeats: int = 7) -> float:
+    """Seconds of one decoding step's matmuls alone: ``rows`` rows through every block matrix and
+    the output layer once, fp32, the faster of the model's own kernels (``blankfill.kernels``) and
+    ``F.linear`` on row-major copies (fastest of ``repeats`` steps); no attention, no prompt."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    copies = [m.weight.detach().contiguous() for m in linears]
+    copies.append(model.word_embeddings.weight.detach().contiguous())
+    xs = {n: torch.randn(rows, n) for n in {w.shape[1] for w in copies}}
+    own = [*linears, model.word_embeddings.attend]
+    chains = {
+        "own": lambda: [f(xs[w.shape[1]]) for f, w in zip(own, copies, strict=True)],
+        "f_linear": lambda: [F.linear(xs[w.shape[1]], w) for w in copies],
+    }
+    best = float("inf")
+    with torch.inference_mode():
+        for chain in chains.values():  # each chain on its own, as a decoder repeats its step:
+            chain()  # alternating two copies of the weights would evict each other from cache
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                chain()
+                best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def fills_of(model: GLM, prompts: torch.Tensor, new_tokens: int) -> list[tuple[int, ...]]:
@@ -135,6 +163,10 @@ def main() -> None:
                 record |= {"cpu_seconds": round(dc, 4), "tokens_per_s": round(n / dt, 1)}
                 print(json.dumps(record), flush=True)
         tps = {k: B * args.new_tokens / statistics.median(v) for k, v in wall.items()}
+        floor_tps = B / matmul_floor(ours.get("fp32", fp32), B)
+        print(json.dumps({"what": "matmul_floor", "batch": B, "precision": "fp32",
+                          "tokens_per_s": round(floor_tps, 1),
+                          "over_hf": round(floor_tps / tps["hf"], 3)}), flush=True)  # fmt: skip
         for p in args.precisions:
             o = f"blankfill_{p}"
             # Each repeat runs all peers back to back, so a pair shares the machine's load at that
@@ -153,6 +185,7 @@ def main() -> None:
                 "ratio_wall": round(statistics.median(wall_pairs), 3),
                 "ratio_cpu": round(statistics.median(cpu_pairs), 3),
                 "fills_equal_fp32": f"{equal[p]}/{len(reference)}",
+                "share_of_fp32_matmul_floor": round(tps[o] / floor_tps, 3),
             }
             print(json.dumps(summary), flush=True)
 

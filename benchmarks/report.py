@@ -138,13 +138,20 @@ def write_report(results: dict, before: dict, after: dict, scale: int) -> None:
                   "`blankfill.quantize` (bf16 and int8 can change fills: the last column counts "
                   "greedy fills equal to fp32's).", "",
                   "| batch | precision | blankfill tokens/s | HF tokens/s | ratio (wall) | "
-                  "ratio (CPU time) | fills equal to fp32 |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "ratio (CPU time) | fills equal to fp32 | share of the fp32 matmul floor |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for s in gens:
             lines.append(f"| {s['batch']} | {s.get('precision', 'fp32')} | "
                          f"{s['blankfill_tokens_per_s']} | {s['hf_tokens_per_s']} | "
                          f"{s['ratio_wall']} | {s['ratio_cpu']} | "
-                         f"{s.get('fills_equal_fp32', '')} |")  # fmt: skip
+                         f"{s.get('fills_equal_fp32', '')} | "
+                         f"{s.get('share_of_fp32_matmul_floor', '')} |")  # fmt: skip
+        floors = _rows(results, "generate", "matmul_floor")
+        if floors:
+            lines += ["", "fp32 matmul floor (one step's matmuls alone, every weight once, no "
+                      "attention, prompt or sampling): " + "; ".join(
+                          f"batch {f['batch']}: {_fmt(f['tokens_per_s'])} tokens/s = "
+                          f"{f['over_hf']}x HF" for f in floors) + "."]  # fmt: skip
         lines += [""]
     data = _rows(results, "data", "data")
     if data:
