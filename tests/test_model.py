@@ -276,6 +276,10 @@ def test_keep_mask_rate_and_reproducibility():
     assert abs(a.float().mean().item() - 0.9) < 0.002
     assert not torch.equal(keep_mask((1000, 1000), 0.1), a)  # the generator moved on
     assert keep_mask((7,), 0.0).all()  # odd sizes; p = 0 keeps everything
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):  # 16-bit: built from int16 bits
+        torch.manual_seed(0)
+        m = keep_mask((1000, 1000), 0.1, dtype)
+        assert m.dtype == dtype and m.is_contiguous() and torch.equal(m, a.to(dtype))
 
 
 def test_cpu_dropout_zeroes_p_and_rescales():
