@@ -325,6 +325,10 @@ def test_attention_extent_bounds_the_rows_that_see_only_part_a():
     assert attention_extent(build_segment_mask(seg, end)) == (3, 3)
     assert attention_extent(_dropout_masks("empty rows", T)[:1]) == (0, T)
     assert attention_extent(_dropout_masks("empty rows", T)[1:]) == (2, 5)
+    # Too few rows to skip (here fewer than 4 of 64, a causal mask among them): no split.
+    assert attention_extent(build_attention_mask(torch.tensor([3]), 64, 64)) == (0, 64)
+    assert attention_extent(build_attention_mask(torch.tensor([0]), 64, 64)) == (0, 64)
+    assert attention_extent(build_attention_mask(torch.tensor([4]), 64, 64)) == (4, 4)
 
 
 @pytest.mark.parametrize("kind", ["glm", "broadcast", "packed", "empty rows"])
