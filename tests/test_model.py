@@ -372,3 +372,43 @@ def test_training_forward_sdpa_equals_eager_with_the_same_dropout_draws():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     torch.manual_seed(4)
     assert not torch.allclose(sdpa(ids, pos), a)  # dropout is on
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_first_row_gives_the_full_forward_rows_and_the_same_cache(attention):
+    model = GLM(tiny_config(attention=attention)).eval()
+    T, sep = 12, 7
+    ids, pos = _random_sample(model.config, T, sep)
+    mask = build_attention_mask(torch.tensor([7, 10]), T, T).clone()
+    mask[1, 0, 11] = False  # a padding row with no visible key
+    for kw in ({"context_len": torch.tensor([7, 10])}, {}, {"attention_mask": mask}):
+        with torch.no_grad():
+            full = model.hidden(ids, pos, **kw)
+            for first in (1, sep, T - 1):
+                part = model.hidden(ids, pos, first_row=first, **kw)
+                assert part.shape == (2, T - first, model.config.hidden_size)
+                torch.testing.assert_close(part, full[:, first:], atol=1e-5, rtol=1e-5)
+    # The cache holds every row's keys and values: the next step sees the whole prompt.
+    with torch.no_grad():
+        ref, cut = model.new_kv_cache(), model.new_kv_cache()
+        model.hidden(ids[:, :sep], pos[:, :, :sep], context_len=sep, kv_cache=ref)
+        model.hidden(ids[:, :sep], pos[:, :, :sep], context_len=sep, kv_cache=cut, first_row=6)
+        for a, b in zip(ref.keys + ref.values, cut.keys + cut.values, strict=True):
+            torch.testing.assert_close(a[:, :, :sep], b[:, :, :sep], atol=1e-6, rtol=1e-6)
+        step = [
+            model(ids[:, sep : sep + 1], pos[:, :, sep : sep + 1], kv_cache=c) for c in (ref, cut)
+        ]
+        torch.testing.assert_close(step[0], step[1], atol=1e-5, rtol=1e-5)
+    # Gradients flow as through the full forward's rows.
+    model.train()
+    grads = []
+    for first in (0, sep):
+        model.zero_grad()
+        h = model.hidden(ids, pos, context_len=sep, first_row=first)
+        h[:, sep - first :].square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):  # sums of squares: gradients of order 1
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for bad in (-1, T):
+        with pytest.raises(ValueError, match="first_row"):
+            model.hidden(ids, pos, first_row=bad)

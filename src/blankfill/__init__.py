@@ -3,7 +3,8 @@
 from .config import DecodingConfig, ModelConfig
 from .filling import BlankFiller, FillResult, fill
 from .generate import Fill, InfillIds, generate
-from .model import GLM, KVCache, build_attention_mask, count_parameters
+from .kv_cache import KVCache
+from .model import GLM, build_attention_mask, count_parameters
 from .presets import preset
 from .pretrained import load_pretrained, save_pretrained
 from .tokenizer import SpecialTokens, Tokenizer, load_tokenizer, train_tokenizer

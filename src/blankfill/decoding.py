@@ -15,8 +15,9 @@ import torch
 
 from .config import DecodingConfig, from_dict
 from .kernels import column_major_, decoding_kernels_, onednn_available
+from .kv_cache import KVCache
 from .layout import PartBLayout
-from .model import GLM, KVCache, build_attention_mask
+from .model import GLM, build_attention_mask
 
 DEFAULT_MAX_NEW_TOKENS = 64  # per blank, when decoding.max_new_tokens is None
 
@@ -137,10 +138,13 @@ class _Decoder:
         self.valid[:, :T] = torch.arange(T, device=self.device) <= lens_t[:, None]
         self.all_valid = len(set(lens)) == 1
         sep = lens[0] if self.all_valid else lens_t  # a uniform batch needs no per-row mask
+        first = min(lens)  # the last block needs the rows from the first [sop] on only
         h = self.model.hidden(
-            tokens.to(self.device), pos.to(self.device), context_len=sep, kv_cache=self.cache
-        )  # [B, T, D]
-        return self.model.logits(h[torch.arange(B, device=self.device), lens_t]).float()  # [B, V]
+            tokens.to(self.device), pos.to(self.device), context_len=sep, kv_cache=self.cache,
+            first_row=first,
+        )  # [B, T - first, D]  # fmt: skip
+        sop = h[torch.arange(B, device=self.device), lens_t - first]  # [B, D]
+        return self.model.logits(sop).float()  # [B, V]
 
     def feed(
         self, tokens: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from .config import ModelConfig
+from .kv_cache import KVCache
 
 # The official masking constant (spec §1.3): masked scores are *replaced* by -65504 (the fp16
 # minimum), so a fully masked row becomes uniform attention instead of NaN.
@@ -243,65 +244,6 @@ def attention_with_dropout(
 
 
 # --------------------------------------------------------------------------------------------
-# Key/value cache
-# --------------------------------------------------------------------------------------------
-
-
-class KVCache:
-    """Per-layer keys and values [B, H, S, Dh] in preallocated buffers, for incremental decoding.
-
-    Unlike the official hidden-state "mems" (spec §1.8), each layer's K and V, so a decoding step
-    costs one token's projections; the model appends in place, advancing ``length`` per forward.
-    """
-
-    def __init__(self, num_layers: int, capacity: int = 0) -> None:
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
-        self.length = 0
-        self.capacity = capacity
-
-    def __len__(self) -> int:
-        return self.length
-
-    @property
-    def batch_size(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[0]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Write this call's K, V [B, H, T, Dh] after the cached ones; return all [B, H, S, Dh]."""
-        assert k.shape[2] > 0, "update needs at least one token"
-        end = self.length + k.shape[2]
-        buf_k, buf_v = self.keys[layer], self.values[layer]
-        if buf_k is None or buf_k.shape[2] < end:
-            cap = max(end, self.capacity, 2 * (0 if buf_k is None else buf_k.shape[2]))
-            new_k = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
-            new_v = v.new_empty(new_k.shape)
-            if buf_k is not None:
-                new_k[:, :, : self.length] = buf_k[:, :, : self.length]
-                new_v[:, :, : self.length] = buf_v[:, :, : self.length]
-            self.keys[layer], self.values[layer] = buf_k, buf_v = new_k, new_v
-        buf_k[:, :, self.length : end] = k
-        buf_v[:, :, self.length : end] = v
-        return buf_k[:, :, :end], buf_v[:, :, :end]
-
-    def advance(self, T: int) -> None:
-        self.length += T
-
-    def index_select(self, index: torch.Tensor) -> KVCache:
-        """A new cache whose batch rows are ``index`` (beam reordering, expanding a shared Part A)."""
-        out = KVCache(len(self.keys), self.capacity)
-        out.length = self.length
-        out.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
-        out.values = [None if v is None else v.index_select(0, index) for v in self.values]
-        return out
-
-    def truncate(self, length: int) -> None:
-        """Forget everything after ``length`` tokens (e.g. to decode another span from Part A)."""
-        assert 0 <= length <= self.length, f"cannot truncate a cache of {self.length} to {length}"
-        self.length = length
-
-
-# --------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------
 
@@ -324,6 +266,7 @@ class SelfAttention(nn.Module):
         mask: torch.Tensor | BlockMask | None,
         kv_cache: KVCache | None = None,
         layer: int = 0,
+        first_row: int = 0,
     ) -> torch.Tensor:
         B, T, D = x.shape
         qkv = self.query_key_value(x)  # [B, T, 3D]
@@ -332,6 +275,10 @@ class SelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # [B, H, S, Dh]
         S = k.shape[2]
+        if first_row:  # the queries of rows [first_row, T) only; every row's keys and values
+            if mask is None:
+                mask = build_attention_mask(None, T, S, x.device)
+            q, mask, T = q[:, :, first_row:], mask[:, :, first_row:], T - first_row
         if isinstance(mask, BlockMask):  # FlexAttention (chosen in GLM.hidden; CUDA)
             flex = _compiled_flex_attention() if q.is_cuda else flex_attention
             out = flex(q, k, v, block_mask=mask)  # [B, H, T, Dh]
@@ -395,9 +342,16 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, kv_cache: KVCache | None, layer: int
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        kv_cache: KVCache | None,
+        layer: int,
+        first_row: int = 0,
     ) -> torch.Tensor:
-        x = x + self.attention(self.input_layernorm(x), mask, kv_cache, layer)
+        """[B, T, D] -> [B, T - first_row, D]: the rows from ``first_row`` on (seeing all keys)."""
+        h = self.attention(self.input_layernorm(x), mask, kv_cache, layer, first_row)
+        x = x[:, first_row:] + h
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -492,9 +446,16 @@ class GLM(nn.Module):
         *,
         segment_ids: torch.Tensor | None = None,
         context_end: torch.Tensor | None = None,
+        first_row: int = 0,
     ) -> torch.Tensor:
-        """Final-LayerNorm hidden states [B, T, D]; arguments as in ``forward``."""
+        """Final-LayerNorm hidden states [B, T - first_row, D]; arguments as in ``forward``.
+
+        ``first_row``: only rows [first_row, T) are wanted (e.g. a prompt's [sop], the target
+        rows): the last block computes their queries, dense output and MLP only (keys, values
+        and the cache: every row's)."""
         B, T = input_ids.shape
+        if first_row and not 0 < first_row < T:
+            raise ValueError(f"first_row={first_row} must be in [0, {T}) for {T} input tokens")
         offset = 0 if kv_cache is None else kv_cache.length
         S = offset + T
         pos, block = self._positions(input_ids, position_ids, offset)
@@ -546,11 +507,12 @@ class GLM(nn.Module):
             mask = build_attention_mask(context_len, T, S, input_ids.device)
         else:
             mask = None  # fully causal (the hub port's default); built lazily in attention
+        cut, last = 0 if flex else first_row, len(self.transformer.layers) - 1  # flex: all rows
         for i, layer in enumerate(self.transformer.layers):
-            x = layer(x, mask, kv_cache, i)
+            x = layer(x, mask, kv_cache, i, cut if i == last else 0)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.transformer.final_layernorm(x)
+        return self.transformer.final_layernorm(x[:, first_row - cut :])
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The single output layer tied to the word embeddings, no bias (spec §1.5): [..., V]."""
