@@ -19,7 +19,9 @@ untimed step so the heap settles in the new mode. GLM bf16 runs only on CPUs wit
 (AMX or AVX512-BF16; elsewhere it is emulated and many times slower than fp32). The fp32 and
 bf16 matmul peaks (``hardware.matmul_flops``, same threads) are measured between the repeats;
 ``share_of_peak`` = model FLOP/s (6 x matmul parameters x tokens, the tied output layer only on
-the rows that get logits, plus 12 L T D attention FLOPs per token) over the peak.
+the rows that get logits, plus 12 L T D attention FLOPs per token; the last block's work past
+its keys and values only on the rows from the first target column on, as the trainer computes
+them, ``TargetLogits``) over the peak.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from blankfill.data.store import TokenStore
 from blankfill.kernels import onednn_training_speedup, training_by_onednn, training_kernels_
 from blankfill.model import GLM
 from blankfill.presets import preset
-from blankfill.train.objective import target_cross_entropy
+from blankfill.train.objective import TargetLogits, target_cross_entropy, target_index
 
 L, D, H, V = 6, 512, 8, 8192
 
@@ -50,9 +52,13 @@ def glm_batch(batch_size: int):
     return PretrainLoader(store.path, dcfg, CorruptConfig(), store.special).batch(0)
 
 
-def flops_per_step(tokens: int, logit_rows: int, T: int) -> float:
-    """Matmul FLOPs of one forward + backward (6 per parameter per row, 12 L T D attention)."""
-    return 6 * (L * 12 * D * D * tokens + V * D * logit_rows) + 12 * L * T * D * tokens
+def flops_per_step(tokens: int, logit_rows: int, T: int, last_rows: int | None = None) -> float:
+    """Matmul FLOPs of one forward + backward (6 per parameter per row, 12 L T D attention) as
+    computed: the last block's queries, dense output and MLP (10 of its 12 D^2 per row) and its
+    attention on ``last_rows`` rows only (``GLM.hidden(first_row=...)``; None: every row)."""
+    last = tokens if last_rows is None else last_rows
+    blocks = (L - 1) * 12 * tokens + 2 * tokens + 10 * last  # x D^2 per row
+    return 6 * (blocks * D * D + V * D * logit_rows) + 12 * T * D * ((L - 1) * tokens + last)
 
 
 def make_glm(batch, precision: str, compile_: bool = False):
@@ -62,25 +68,27 @@ def make_glm(batch, precision: str, compile_: bool = False):
     if precision == "fp32" and not compile_ and training_by_onednn():
         training_kernels_(model)  # what the engine does here (blankfill.kernels, measured)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    target = batch.loss_mask > 0
-    labels = batch.labels[target]
+    index = target_index(batch)
+    labels = batch.labels.flatten()[index]
+    B, T = batch.input_ids.shape
+    head = TargetLogits(model)  # the trainer's: the last block from the first target column on
     cast = (
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
         if precision == "bf16"
         else contextlib.nullcontext
     )
-    fwd = torch.compile(model.hidden) if compile_ else model.hidden
+    if compile_:
+        model.hidden = torch.compile(model.hidden)
 
     def step() -> None:
         with cast():
-            h = fwd(batch.input_ids, batch.position_ids, batch.context_len)
-            logits = model.logits(h[target])
+            logits = head(batch, index)
         target_cross_entropy(logits, labels).mean().backward()  # the trainer's loss
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    tokens = batch.input_ids.numel()
-    return step, tokens, flops_per_step(tokens, int(target.sum()), batch.input_ids.shape[1])
+    first = int((index % T).min())
+    return step, B * T, flops_per_step(B * T, len(index), T, B * (T - first))
 
 
 def make_hf(kind: str, B: int, T: int):

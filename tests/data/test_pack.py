@@ -21,7 +21,7 @@ from blankfill.data.corrupt import Example
 from blankfill.data.objectives import Corruptor, RawSample
 from blankfill.data.pack import collate_pack, pack_rows
 from blankfill.model import GLM, build_segment_mask
-from blankfill.testing import tiny_config
+from blankfill.testing import SyntheticBatches, tiny_config
 from blankfill.tokenizer import SpecialTokens
 from blankfill.train.objective import TargetLogits, loss_sums, target_index
 
@@ -109,6 +109,33 @@ def test_training_on_segments_equals_the_dense_mask():
     (l0, s0, st0, g0), (l1, s1, st1, g1) = results
     assert torch.equal(l0, l1) and torch.equal(s0, s1) and torch.equal(st0, st1)
     assert all(torch.equal(a, b) for a, b in zip(g0, g1, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["padded", "packed"])
+def test_target_logits_equal_the_full_forwards_target_rows(kind):
+    # On the CPU TargetLogits runs the last block from the first target column on: its logits
+    # and gradients must be those of the full forward's target rows.
+    batch = next(SyntheticBatches(4, seq_len=24)) if kind == "padded" else _packed_batch()[1]
+    index = target_index(batch)
+    assert int((index % batch.input_ids.shape[1]).min()) > 0  # the cut is taken
+    torch.manual_seed(0)
+    head = TargetLogits(GLM(tiny_config())).train()
+    out = []
+    for fast in (True, False):
+        head.zero_grad()
+        if fast:
+            logits = head(batch, index)
+        else:
+            h = head.glm.hidden(
+                batch.input_ids, batch.position_ids, batch.context_len, batch.attention_mask,
+                segment_ids=batch.segment_ids, context_end=batch.context_end,
+            )  # fmt: skip
+            logits = head.glm.logits(h.flatten(0, 1)[index])
+        logits.logsumexp(-1).sum().backward()
+        out.append((logits.detach(), [p.grad.clone() for p in head.parameters()]))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(out[0][1], out[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", ["no_context_end", "wrong_shape", "kv_cache"])

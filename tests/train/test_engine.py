@@ -57,7 +57,7 @@ def test_activation_checkpointing_same_losses_lower_peak():
 
 
 def test_memory_estimate_within_20_percent_of_measured_cpu_peak():
-    """Two small configs, fp32 (measured on this CPU: estimate/measured 1.02 and 0.98)."""
+    """Two small configs, fp32 (Intel Xeon with AMX, 2026-12-03: estimate/measured 0.96 and 0.89)."""
     for h, layers, batch, seq in ((128, 4, 8, 256), (256, 2, 4, 128)):
         cfg = tiny_config(hidden_size=h, num_layers=layers, max_sequence_length=seq + 8,
                           vocab_size=1024)  # fmt: skip
@@ -70,7 +70,9 @@ def test_memory_estimate_within_20_percent_of_measured_cpu_peak():
         before += sum(t.numel() * t.element_size() for t in state if torch.is_tensor(t))
         sample = data.batch(data.index)
         measured = before + measure_peak(lambda e=engine, d=data: pretrain_step(e, next(d)))
-        est = estimate_memory(cfg, batch_size=batch, seq_len=sample.input_ids.shape[1],
+        T = sample.input_ids.shape[1]
+        first = int((sample.loss_mask > 0).any(0).int().argmax())  # the last block's first row
+        est = estimate_memory(cfg, batch_size=batch, seq_len=T, last_block_rows=(T - first) / T,
                               target_fraction=float(sample.loss_mask.mean()))  # fmt: skip
         assert 0.8 < est.total / measured < 1.2, (h, est, measured)
 

@@ -13,7 +13,8 @@
   boolean mask a block keeps and SDPA's temporaries, measured on CPU), plus 2 bytes
   x D of dropout masks when dropout is on. Activation checkpointing keeps only each block's
   input (4 bytes x D) and one block's activations at a time. The output layer runs on the target
-  rows only (``target_fraction`` of the tokens): logits, their fp32 copy and log-softmax;
+  rows only (``target_fraction`` of the tokens): logits, their fp32 copy and log-softmax; on the
+  CPU the last block runs on the rows from the first target column on (``last_block_rows``);
 - FSDP (``fsdp=True``) divides weights, gradients and optimizer state by the world size and adds
   the unsharded root (embeddings) and two unsharded blocks (the one running, the one prefetched).
 
@@ -86,6 +87,7 @@ def estimate_memory(
     target_fraction: float = 0.15,
     dropout: bool | None = None,
     lora_rank: int = 0,
+    last_block_rows: float = 1.0,
 ) -> MemoryEstimate:
     """Per-device memory of one training step (AdamW, every parameter trained).
 
@@ -102,6 +104,9 @@ def estimate_memory(
         dropout: dropout masks counted (default: whether the config has dropout).
         lora_rank: LoRA adapters of this rank on the block's linear layers are the only trained
             weights (``finetune.lora_rank``): gradients and AdamW state for them only.
+        last_block_rows: share of the rows the last block keeps activations for (pretraining
+            on the CPU: the rows from the first target column on, ``TargetLogits``; default 1,
+            an upper bound).
     """
     if precision not in ACT_BYTES_PER_D:
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
@@ -119,7 +124,7 @@ def estimate_memory(
     if activation_checkpointing:
         layers = L * tokens * h * 4 + per_layer  # block inputs + one block recomputed
     else:
-        layers = L * per_layer
+        layers = (L - 1 + last_block_rows) * per_layer
     targets = max(1, int(tokens * target_fraction))
     head = targets * cfg.vocab_size * ((2 if low else 4) + 4 + 4)  # logits, fp32 copy, log-softmax
     embed = tokens * h * (4 * 3)  # embedding sum, final LayerNorm input and output

@@ -51,12 +51,21 @@ class TargetLogits(nn.Module):
         self.glm = glm
 
     def forward(self, batch: Batch, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [N, V] of the target rows (``index`` from ``target_index``; else computed)."""
+        """Logits [N, V] of the target rows (``index`` from ``target_index``; else computed).
+
+        On the CPU the last block computes the rows from the first target column on only
+        (``GLM.hidden(first_row=...)``: glm-small's fp32 and bf16 steps 1.12x on an Intel Xeon
+        with AMX). On an accelerator finding that column would read the index back: all rows.
+        """
+        index = target_index(batch) if index is None else index
+        T = batch.input_ids.shape[1]
+        first = int((index % T).min()) if index.device.type == "cpu" and len(index) else 0
         h = self.glm.hidden(
             batch.input_ids, batch.position_ids, batch.context_len, batch.attention_mask,
-            segment_ids=batch.segment_ids, context_end=batch.context_end,
-        )  # [B, T, D]  # fmt: skip
-        index = target_index(batch) if index is None else index
+            segment_ids=batch.segment_ids, context_end=batch.context_end, first_row=first,
+        )  # [B, T - first, D]  # fmt: skip
+        if first:  # flat index b * T + t -> b * (T - first) + t - first
+            index = index - first * (index // T + 1)
         return self.glm.logits(h.flatten(0, 1).index_select(0, index))  # [N, V]
 
 
