@@ -412,3 +412,20 @@ def test_first_row_gives_the_full_forward_rows_and_the_same_cache(attention):
     for bad in (-1, T):
         with pytest.raises(ValueError, match="first_row"):
             model.hidden(ids, pos, first_row=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("samples", [1, 2])
+def test_masked_scores_are_the_product_plus_the_bias_bit_for_bit(dtype, samples):
+    from blankfill.model import MASKED_SCORE, masked_scores
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(samples, 4, 40, 16, generator=g).to(dtype).requires_grad_() for _ in "qk")
+    mask = build_attention_mask(torch.tensor([25] * samples), 40, 40).clone()
+    mask[0, 0, -2:] = False  # empty rows: all scores carry -65504
+    bias = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, MASKED_SCORE)
+    got, ref = masked_scores(q, k, bias), q @ k.transpose(-1, -2) + bias
+    assert got.shape == (samples, 4, 40, 40) and torch.equal(got, ref)
+    w = torch.randn(got.shape, generator=g).to(dtype)
+    for a, b in zip(*(torch.autograd.grad((s * w).sum(), (q, k)) for s in (got, ref)), strict=True):
+        assert torch.equal(a, b)

@@ -197,6 +197,15 @@ def attention_extent(mask: torch.Tensor) -> tuple[int, int]:
     return (R, K) if K < S and 16 * R >= T else (0, S)  # a causal mask (R = 1): 5-7% slower
 
 
+def masked_scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """q [c, H, T, Dh] @ k [c, H, S, Dh]^T + bias [c, 1, T, S] -> [c, H, T, S]. One bf16/fp16
+    sample: the bias added inside the GEMM (``baddbmm``, the same bits; the glm-small bf16 step
+    1.02x, fp32 0.99x: Intel Xeon with AMX, 2026-12-03, 6 and 4 alternated pairs)."""
+    if q.shape[0] != 1 or q.dtype == torch.float32:
+        return q @ k.transpose(-1, -2) + bias
+    return torch.baddbmm(bias[0], q[0], k[0].transpose(-1, -2)).unsqueeze(0)
+
+
 def attention_with_dropout(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -237,7 +246,7 @@ def attention_with_dropout(
         parts, rows = [], (t.split([R, T - R], 2) for t in (qc, bc, keep_c))
         for qp, bp, kp, n in zip(*rows, (K, S), strict=True):
             if qp.shape[2]:
-                scores = qp @ kc[:, :, :n].transpose(-1, -2) + bp[..., :n]  # [c, H, rows, n]
+                scores = masked_scores(qp, kc[:, :, :n], bp[..., :n])  # [c, H, rows, n]
                 parts.append((torch.softmax(scores, dim=-1) * kp[..., :n]) @ vc[:, :, :n])
         outs.append(torch.cat(parts, 2) if len(parts) > 1 else parts[0])  # [c, H, T, Dh]
     return torch.cat(outs) * (1.0 / (1.0 - p))  # [B, H, T, Dh]
