@@ -224,10 +224,13 @@ class BlankfillLM(LM):
             chunk = rows[b : b + self.batch_size]
             xs = [x for _, x in chunk]
             batch = to_device(collate(xs, sp.sop, sp.pad, False, model_layout(self.glm)), device)
+            f = batch.first_row  # the last block runs from the first [sop] on
             h = self.glm.hidden(
-                batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask
-            )
-            self._collect(h, batch.targets, batch.candidate, [m for m, _ in chunk], out)
+                batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask,
+                first_row=f,
+            )  # [B, T - f, D]  # fmt: skip
+            members = [m for m, _ in chunk]
+            self._collect(h, batch.targets[:, f:], batch.candidate[:, f:], members, out)
 
     def _collect(self, h, targets, candidate, members: list[list[int]], out: list) -> None:
         """Sum the target log-probs per (row, candidate) into ``out[request]``.

@@ -564,6 +564,12 @@ class GLM(nn.Module):
         return self.logits(h)
 
 
+def rows_from(index: torch.Tensor, T: int, first_row: int) -> torch.Tensor:
+    """Flat indices b * T + t (t >= first_row) of [B, T] rows as indices of the [B, T - first_row]
+    rows ``GLM.hidden(first_row=...)`` returns."""
+    return index - first_row * (index // T + 1) if first_row else index
+
+
 def count_parameters(cfg: ModelConfig) -> int:
     """Parameters of a model of ``cfg``, counted on the meta device without allocating."""
     with torch.device("meta"):

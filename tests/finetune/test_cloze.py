@@ -71,6 +71,7 @@ def test_multi_token_scores_equal_brute_force(setup, attention):
     ]
     assert all(x.answers[0][-1] == tok.special.eop for x in xs)
     batch = collate(xs, tok.special.sop, tok.special.pad, single_token=False)
+    assert batch.first_row == min(len(x.part_a) for x in xs) > 0  # the last block starts there
     with torch.no_grad():
         got = score(model, batch, single_token=False)
         want = [brute_force(model, x, tok.special, False) for x in xs]
@@ -95,6 +96,7 @@ def test_single_token_scores_are_verbalizer_logits_at_sop(setup):
     xs = [encode_record(task, r, tok, pattern_id=3, max_seq_len=64, single_token=True) for r in CB]
     assert [len(a) for a in xs[0].answers] == [1, 1, 1]
     batch = collate(xs, tok.special.sop, tok.special.pad, single_token=True)
+    assert batch.first_row == min(len(x.part_a) for x in xs) > 0
     with torch.no_grad():
         got = score(model, batch, single_token=True)
         for row, x in enumerate(xs):
@@ -102,8 +104,12 @@ def test_single_token_scores_are_verbalizer_logits_at_sop(setup):
             torch.testing.assert_close(got[row], torch.tensor(want), atol=1e-4, rtol=1e-4)
     loss = loss_fn(got, batch.target)
     assert loss == pytest.approx(float(F.cross_entropy(got, torch.tensor([1, 0]))))
-    head = ClassifierHead(64, 3)
-    assert score(model, batch, single_token=True, head=head).shape == (2, 3)
+    head = ClassifierHead(64, 3).eval()
+    with torch.no_grad():  # the head reads the [CLS] row: no row is cut for it
+        got = score(model, batch, single_token=True, head=head)
+        h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask)
+    assert got.shape == (2, 3)
+    torch.testing.assert_close(got, head(h[:, 0]))
 
 
 def test_truncation_cuts_the_shortenable_field_and_keeps_the_blank(setup):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layout import PartBLayout
+from ..model import rows_from
 from .tasks import BLANK, ClozeTask, Cut
 
 TWO_D = PartBLayout()  # GLM's own layout (2D positions, one [MASK])
@@ -58,6 +59,7 @@ class ClozeBatch:
     num_candidates: torch.Tensor  # [B]
     target: torch.Tensor  # [B] correct candidate, -1 for none (ignored by the loss)
     target_index: torch.Tensor  # [N] flat indices (into B*T) of the positions with a target
+    first_row: int = 0  # the first row of any [sop] (host-side): the last block starts there
 
 
 _WARNED: set[tuple] = set()  # (task, pattern id, answer lengths, vocabulary size) warned about
@@ -191,11 +193,13 @@ def collate(
         num_candidates=torch.tensor([len(x.answers) for x in inputs]),
         target=torch.tensor([x.target for x in inputs]),
         target_index=(pad_to(tgt, -100, T).flatten() != -100).nonzero().squeeze(1),  # host-side
+        first_row=min((s[0] for s in sops if s), default=0),
     )
 
 
 def to_device(batch: ClozeBatch, device: torch.device | str) -> ClozeBatch:
-    return ClozeBatch(**{k: getattr(batch, k).to(device) for k in batch.__dataclass_fields__})
+    fields = {k: getattr(batch, k) for k in batch.__dataclass_fields__}
+    return ClozeBatch(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in fields.items()})
 
 
 class ClassifierHead(nn.Module):
@@ -229,18 +233,21 @@ def score(
         length_penalty: multi-token scores are divided by ``len ** length_penalty``.
         head: a ``ClassifierHead``: score from the [CLS] state instead of the LM.
     """
-    h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask)
+    first = 0 if head is not None else batch.first_row  # the head reads [CLS] (row 0)
+    h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask,
+                     first_row=first)  # [B, T - first, D]  # fmt: skip
     B, C = batch.sop_index.shape
     valid = torch.arange(C, device=h.device) < batch.num_candidates.unsqueeze(1)  # [B, C]
     if head is not None:
         out = head(h[:, 0])  # [B, num_labels]
     elif single_token:
-        h_sop = h[torch.arange(B, device=h.device), batch.sop_index[:, 0]]  # [B, D]
+        h_sop = h[torch.arange(B, device=h.device), batch.sop_index[:, 0] - first]  # [B, D]
         logits = model.logits(h_sop)  # [B, V]
         out = logits.gather(1, batch.answer_ids)  # [B, C]
     else:
         sel = batch.target_index  # [N], computed in collate: no read-back of a device mask
-        logp = F.log_softmax(model.logits(h.flatten(0, 1)[sel]).float(), dim=-1)  # [N, V]
+        rows = rows_from(sel, batch.input_ids.shape[1], first)
+        logp = F.log_softmax(model.logits(h.flatten(0, 1)[rows]).float(), dim=-1)  # [N, V]
         tok = logp.gather(1, batch.targets.flatten()[sel].unsqueeze(1)).squeeze(1)  # [N]
         flat = (torch.arange(B, device=h.device).unsqueeze(1) * C + batch.candidate).flatten()[sel]
         out = torch.zeros(B * C, device=h.device).index_add(0, flat, tok).view(B, C)

@@ -70,8 +70,9 @@ def _score_rows(
               for ctx, tgt in inputs]  # fmt: skip
         batch = collate(xs, sp.sop, sp.pad, single_token=False, layout=model_layout(model, layout))
         batch = to_device(batch, device)
-        h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask)
-        targets = batch.targets
+        h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask,
+                         first_row=batch.first_row)  # [B, T - first, D]  # fmt: skip
+        targets = batch.targets[:, batch.first_row :]
     sel = targets != -100  # [B, T]
     logits = model.logits(h[sel]).float()  # [N, V]
     tgt = targets[sel]  # [N]

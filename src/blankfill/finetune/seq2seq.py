@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..config import FinetuneRunConfig
 from ..device import resolve_device
 from ..layout import PartBLayout, model_layout
+from ..model import rows_from
 from ..train.distributed import DistInfo
 from .cloze import ClozeInput, collate, to_device
 from .lm import check_at_least
@@ -76,9 +77,12 @@ def seq2seq_loss(
     model, batch, label_smoothing: float = 0.1, reduction: str = "mean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(smoothed token loss, its mean or sum, and the number of correct argmax tokens)."""
-    h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask)
+    first = batch.first_row  # the last block runs from the first [sop] on
+    h = model.hidden(batch.input_ids, batch.position_ids, attention_mask=batch.attention_mask,
+                     first_row=first)  # [B, T - first, D]  # fmt: skip
     sel = batch.target_index  # [N] flat target positions, from collate (host-side)
-    logits = model.logits(h.flatten(0, 1)[sel]).float()  # [N, V]
+    logits = model.logits(h.flatten(0, 1)[rows_from(sel, batch.input_ids.shape[1], first)])
+    logits = logits.float()  # [N, V]
     tgt = batch.targets.flatten()[sel]  # [N]
     loss = F.cross_entropy(logits, tgt, label_smoothing=label_smoothing, reduction=reduction)
     return loss, (logits.argmax(-1) == tgt).sum()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.batch import OBJECTIVES, Batch
-from ..model import GLM
+from ..model import GLM, rows_from
 from .distributed import DistInfo, all_reduce_sum
 
 N_OBJ = len(OBJECTIVES)
@@ -64,9 +64,7 @@ class TargetLogits(nn.Module):
             batch.input_ids, batch.position_ids, batch.context_len, batch.attention_mask,
             segment_ids=batch.segment_ids, context_end=batch.context_end, first_row=first,
         )  # [B, T - first, D]  # fmt: skip
-        if first:  # flat index b * T + t -> b * (T - first) + t - first
-            index = index - first * (index // T + 1)
-        return self.glm.logits(h.flatten(0, 1).index_select(0, index))  # [N, V]
+        return self.glm.logits(h.flatten(0, 1).index_select(0, rows_from(index, T, first)))
 
 
 class _RowCrossEntropy(torch.autograd.Function):
