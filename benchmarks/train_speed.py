@@ -41,7 +41,12 @@ from blankfill.data.store import TokenStore
 from blankfill.kernels import onednn_training_speedup, training_by_onednn, training_kernels_
 from blankfill.model import GLM
 from blankfill.presets import preset
-from blankfill.train.objective import TargetLogits, target_cross_entropy, target_index
+from blankfill.train.objective import (
+    TargetLogits,
+    first_target_row,
+    target_cross_entropy,
+    target_index,
+)
 
 L, D, H, V = 6, 512, 8, 8192
 
@@ -87,7 +92,7 @@ def make_glm(batch, precision: str, compile_: bool = False):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    first = int((index % T).min())
+    first = first_target_row(index, T)
     return step, B * T, flops_per_step(B * T, len(index), T, B * (T - first))
 
 

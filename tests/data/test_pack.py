@@ -23,7 +23,7 @@ from blankfill.data.pack import collate_pack, pack_rows
 from blankfill.model import GLM, build_segment_mask
 from blankfill.testing import SyntheticBatches, tiny_config
 from blankfill.tokenizer import SpecialTokens
-from blankfill.train.objective import TargetLogits, loss_sums, target_index
+from blankfill.train.objective import TargetLogits, loss_sums, target_index, to_device
 
 SP = SpecialTokens(pad=0, eos=1, cls=2, mask=3, smask=4, gmask=5, sop=6, eop=7, sep=8, unk=9)
 
@@ -113,18 +113,20 @@ def test_training_on_segments_equals_the_dense_mask():
 
 @pytest.mark.parametrize("kind", ["padded", "packed"])
 def test_target_logits_equal_the_full_forwards_target_rows(kind):
-    # On the CPU TargetLogits runs the last block from the first target column on: its logits
+    # TargetLogits runs the last block from the first target column on: its logits
     # and gradients must be those of the full forward's target rows.
-    batch = next(SyntheticBatches(4, seq_len=24)) if kind == "padded" else _packed_batch()[1]
-    index = target_index(batch)
-    assert int((index % batch.input_ids.shape[1]).min()) > 0  # the cut is taken
+    host = next(SyntheticBatches(4, seq_len=24)) if kind == "padded" else _packed_batch()[1]
+    batch, index, first = to_device(host, torch.device("cpu"))  # the trainer's
+    T = host.input_ids.shape[1]
+    assert torch.equal(index, target_index(host)) and first == int((index % T).min()) > 0
     torch.manual_seed(0)
     head = TargetLogits(GLM(tiny_config())).train()
     out = []
     for fast in (True, False):
         head.zero_grad()
         if fast:
-            logits = head(batch, index)
+            logits = head(batch, index, first)
+            torch.testing.assert_close(head(batch, index), logits)  # found from the index
         else:
             h = head.glm.hidden(
                 batch.input_ids, batch.position_ids, batch.context_len, batch.attention_mask,

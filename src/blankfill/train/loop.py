@@ -170,12 +170,12 @@ def setup(
 # --------------------------------------------------------------------------------------------
 
 
-def _pretrain_loss(module: torch.nn.Module, item: tuple[Batch, torch.Tensor]):
-    batch, index = item
-    return loss_sums(module(batch, index), batch, index)
+def _pretrain_loss(module: torch.nn.Module, item: tuple[Batch, torch.Tensor, int]):
+    batch, index, first = item
+    return loss_sums(module(batch, index, first), batch, index)
 
 
-def _target_count(item: tuple[Batch, torch.Tensor]) -> torch.Tensor:
+def _target_count(item: tuple[Batch, torch.Tensor, int]) -> torch.Tensor:
     return item[0].loss_mask.sum()
 
 

@@ -30,17 +30,25 @@ def target_index(batch: Batch) -> torch.Tensor:
     return (batch.loss_mask.flatten() > 0).nonzero().squeeze(1)
 
 
-def to_device(batch: Batch, device: torch.device) -> tuple[Batch, torch.Tensor]:
-    """(the batch, its ``target_index``) on ``device``; to a GPU from pinned memory without
-    waiting for the copy (the index is computed on the host first)."""
+def first_target_row(index: torch.Tensor, T: int) -> int:
+    """The first column of a [B, T] batch holding a target (0 for none), from a host-side
+    ``target_index``: the last block runs from there (``GLM.hidden(first_row=...)``)."""
+    return int((index % T).min()) if len(index) else 0
+
+
+def to_device(batch: Batch, device: torch.device) -> tuple[Batch, torch.Tensor, int]:
+    """(the batch, its ``target_index``, its ``first_target_row``) on ``device``; to a GPU from
+    pinned memory without waiting for the copy (index and row are computed on the host first)."""
     index = target_index(batch)
+    first = first_target_row(index, batch.input_ids.shape[1])
     if device.type != "cuda":
-        return batch.to(device), index.to(device)
+        return batch.to(device), index.to(device), first
 
     def move(t: torch.Tensor) -> torch.Tensor:
         return t.pin_memory().to(device, non_blocking=True)
 
-    return Batch(**{k: None if v is None else move(v) for k, v in vars(batch).items()}), move(index)
+    moved = Batch(**{k: None if v is None else move(v) for k, v in vars(batch).items()})
+    return moved, move(index), first
 
 
 class TargetLogits(nn.Module):
@@ -50,16 +58,21 @@ class TargetLogits(nn.Module):
         super().__init__()
         self.glm = glm
 
-    def forward(self, batch: Batch, index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, batch: Batch, index: torch.Tensor | None = None, first_row: int | None = None
+    ) -> torch.Tensor:
         """Logits [N, V] of the target rows (``index`` from ``target_index``; else computed).
 
-        On the CPU the last block computes the rows from the first target column on only
-        (``GLM.hidden(first_row=...)``: glm-small's fp32 and bf16 steps 1.12x on an Intel Xeon
-        with AMX). On an accelerator finding that column would read the index back: all rows.
+        The last block computes the rows from ``first_row`` (``first_target_row``, host-side, as
+        ``to_device`` gives it) on only (``GLM.hidden(first_row=...)``: glm-small's fp32 and
+        bf16 steps 1.12x on an Intel Xeon with AMX). None: computed from ``index`` on the CPU;
+        on an accelerator that would read the index back, so all rows run.
         """
         index = target_index(batch) if index is None else index
         T = batch.input_ids.shape[1]
-        first = int((index % T).min()) if index.device.type == "cpu" and len(index) else 0
+        first = first_row
+        if first is None:
+            first = first_target_row(index, T) if index.device.type == "cpu" else 0
         h = self.glm.hidden(
             batch.input_ids, batch.position_ids, batch.context_len, batch.attention_mask,
             segment_ids=batch.segment_ids, context_end=batch.context_end, first_row=first,
@@ -154,10 +167,11 @@ def evaluate(
     model.eval()
     total = torch.zeros(2 + 2 * N_OBJ, dtype=torch.float64, device=device)
     for batch in batches:
-        index = target_index(batch).to(device)  # on the host: no read-back
-        batch = batch.to(device)
+        index = target_index(batch)  # on the host: no read-back
+        first = first_target_row(index, batch.input_ids.shape[1])
+        batch, index = batch.to(device), index.to(device)
         with autocast():
-            logits = model(batch, index)
+            logits = model(batch, index, first)
         total += loss_sums(logits, batch, index)[1]
     model.train(was_training)
     return summarize(all_reduce_sum(total, info))
@@ -167,6 +181,7 @@ __all__ = [
     "N_OBJ",
     "TargetLogits",
     "evaluate",
+    "first_target_row",
     "loss_sums",
     "summarize",
     "target_cross_entropy",
