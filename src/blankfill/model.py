@@ -231,6 +231,9 @@ def attention_with_dropout(
     """
     B, H, T, Dh = q.shape
     S = k.shape[2]
+    # One copy of each, not one per chunk and product: bmm copied bf16 heads strided in the fused
+    # QKV output (the glm-small bf16 step 1.028x, fp32 1.005x; Intel Xeon with AMX, 2026-12-03).
+    q, k, v = (t.contiguous() for t in (q, k, v))
     bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, MASKED_SCORE)
     bias = bias.expand(B, -1, -1, -1)  # [B, 1, T, S]
     keep = keep_mask((B, H, T, S), p, q.dtype)  # 0/1 in the compute dtype
