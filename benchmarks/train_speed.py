@@ -76,6 +76,7 @@ def make_glm(batch, precision: str, compile_: bool = False):
     index = target_index(batch)
     labels = batch.labels.flatten()[index]
     B, T = batch.input_ids.shape
+    first = first_target_row(index, T)  # found once, as to_device does for the trainer
     head = TargetLogits(model)  # the trainer's: the last block from the first target column on
     cast = (
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
@@ -87,12 +88,11 @@ def make_glm(batch, precision: str, compile_: bool = False):
 
     def step() -> None:
         with cast():
-            logits = head(batch, index)
+            logits = head(batch, index, first)
         target_cross_entropy(logits, labels).mean().backward()  # the trainer's loss
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    first = first_target_row(index, T)
     return step, B * T, flops_per_step(B * T, len(index), T, B * (T - first))
 
 

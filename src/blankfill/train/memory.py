@@ -13,8 +13,8 @@
   boolean mask a block keeps and SDPA's temporaries, measured on CPU), plus 2 bytes
   x D of dropout masks when dropout is on. Activation checkpointing keeps only each block's
   input (4 bytes x D) and one block's activations at a time. The output layer runs on the target
-  rows only (``target_fraction`` of the tokens): logits, their fp32 copy and log-softmax; on the
-  CPU the last block runs on the rows from the first target column on (``last_block_rows``);
+  rows only (``target_fraction`` of the tokens): logits, their fp32 copy and log-softmax; the
+  last block runs on the rows from the first target column on (``last_block_rows``);
 - FSDP (``fsdp=True``) divides weights, gradients and optimizer state by the world size and adds
   the unsharded root (embeddings) and two unsharded blocks (the one running, the one prefetched).
 
@@ -104,9 +104,9 @@ def estimate_memory(
         dropout: dropout masks counted (default: whether the config has dropout).
         lora_rank: LoRA adapters of this rank on the block's linear layers are the only trained
             weights (``finetune.lora_rank``): gradients and AdamW state for them only.
-        last_block_rows: share of the rows the last block keeps activations for (pretraining
-            on the CPU: the rows from the first target column on, ``TargetLogits``; default 1,
-            an upper bound).
+        last_block_rows: share of the rows the last block keeps activations for (pretraining:
+            the rows from the first target column on, ``TargetLogits``; all of them under
+            FlexAttention; default 1, an upper bound).
     """
     if precision not in ACT_BYTES_PER_D:
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")

@@ -167,9 +167,7 @@ def evaluate(
     model.eval()
     total = torch.zeros(2 + 2 * N_OBJ, dtype=torch.float64, device=device)
     for batch in batches:
-        index = target_index(batch)  # on the host: no read-back
-        first = first_target_row(index, batch.input_ids.shape[1])
-        batch, index = batch.to(device), index.to(device)
+        batch, index, first = to_device(batch, device)  # index and row from the host: no read-back
         with autocast():
             logits = model(batch, index, first)
         total += loss_sums(logits, batch, index)[1]
